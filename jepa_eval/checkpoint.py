@@ -1,0 +1,271 @@
+"""One door for every checkpoint: official I-JEPA files, this suite's own runs, plain state dicts, timm.
+
+Loading is strict (missing, unexpected or mis-shaped keys are errors naming the keys) and safe
+(``torch.load(weights_only=True)``: a pickle that would run code is refused before it runs)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from .errors import UserError
+from .models import HEADS_BY_WIDTH, VARIANTS, JEPAPredictor, JEPAViT, build_encoder
+
+OFFICIAL_KEYS = ("encoder", "predictor", "target_encoder")
+
+
+@dataclass
+class Checkpoint:
+    target_encoder: nn.Module
+    encoder: nn.Module
+    predictor: nn.Module | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def get_encoder(self, which: str) -> nn.Module:
+        if which not in ("target", "context"):
+            raise UserError(f"encoder must be 'target' or 'context', not '{which}'")
+        return self.target_encoder if which == "target" else self.encoder
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_state(module: nn.Module) -> str:
+    """Identity of weights that have no file (a timm model at random init)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def safe_torch_load(path: str | Path) -> Any:
+    """``torch.load`` with ``weights_only=True``; user-facing errors for every way a file can be bad."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise UserError(f"checkpoint path is a directory, not a file: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e) or "weights_only" in str(e):
+            reason = str(e).splitlines()
+            hint = next((ln.strip() for ln in reason if "GLOBAL" in ln or "Unsupported" in ln), "")
+            raise UserError(f"refusing to load {path}: its pickle asks to import or run code, which "
+                            f"weights_only loading forbids ({hint or 'unsafe pickle'})") from None
+        raise UserError(f"{path} is not a PyTorch checkpoint (unreadable pickle: {e})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {first}") from None
+
+
+def _strip_prefix(sd: dict[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in sd.items()}
+
+
+def load_strict(module: nn.Module, sd: dict[str, Any], what: str) -> None:
+    """Load every key or fail, naming what is missing, unexpected or mis-shaped."""
+    own = module.state_dict()
+    bad_type = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own) - set(bad_type))
+    shapes = [f"{k} {tuple(sd[k].shape)} vs expected {tuple(own[k].shape)}"
+              for k in own if k in sd and k not in bad_type and sd[k].shape != own[k].shape]
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                         ("shape mismatches", shapes), ("non-tensor values", bad_type)):
+        if items:
+            more = f" (+{len(items) - 6} more)" if len(items) > 6 else ""
+            problems.append(f"{label}: {', '.join(items[:6])}{more}")
+    if problems:
+        raise UserError(f"{what} does not match its architecture: " + "; ".join(problems))
+    module.load_state_dict(sd, strict=True)
+
+
+def _block_count(sd: dict[str, torch.Tensor], prefix: str) -> int:
+    ids = {int(m.group(1)) for k in sd if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
+    return max(ids) + 1 if ids else 0
+
+
+def _config_beside(path: Path) -> dict:
+    """The resolved pretraining config that this suite writes next to its checkpoints, if any."""
+    for name in ("config.yaml", "params-ijepa.yaml"):
+        cfg = path.parent / name
+        if cfg.is_file():
+            try:
+                return yaml.safe_load(cfg.read_text()) or {}
+            except yaml.YAMLError as e:
+                raise UserError(f"unreadable config beside the checkpoint: {cfg}: {e}") from None
+    return {}
+
+
+def _heads_hint(config: dict, width: int, num_heads: int | None) -> int | None:
+    if num_heads:
+        return num_heads
+    model = config.get("model") or config.get("meta") or {}
+    if isinstance(model, dict):
+        if model.get("num_heads"):
+            return int(model["num_heads"])
+        name = str(model.get("name") or model.get("model_name") or "")
+        for variant, (w, _, heads, _) in VARIANTS.items():
+            if name.startswith(variant) and w == width:
+                return heads
+    return HEADS_BY_WIDTH.get(width)
+
+
+def encoder_from_state_dict(sd: dict[str, torch.Tensor], what: str, num_heads: int | None,
+                            img_size: int | None = None) -> tuple[JEPAViT, dict[str, Any]]:
+    """Build the I-JEPA encoder whose shapes the state dict implies, then load it strictly."""
+    needed = ("patch_embed.proj.weight", "pos_embed", "norm.weight")
+    absent = [k for k in needed if k not in sd]
+    if absent:
+        sample = ", ".join(list(sd)[:4])
+        raise UserError(f"{what} is not an I-JEPA ViT encoder: missing {', '.join(absent)} "
+                        f"(found keys like {sample})")
+    width, _, patch, _ = sd["patch_embed.proj.weight"].shape
+    n_tokens = sd["pos_embed"].shape[1]
+    grid = int(round(n_tokens ** 0.5))
+    if grid * grid != n_tokens:
+        raise UserError(f"{what}: pos_embed has {n_tokens} tokens, not a square grid")
+    depth = _block_count(sd, "blocks.")
+    hidden = sd["blocks.0.mlp.fc1.weight"].shape[0] if "blocks.0.mlp.fc1.weight" in sd else 4 * width
+    if num_heads is None:
+        raise UserError(f"cannot infer the number of heads for width {width}; pass num_heads=")
+    train_size = grid * patch
+    model = build_encoder(width, depth, patch, train_size, num_heads, mlp_ratio=hidden / width)
+    load_strict(model, sd, what)
+    meta = dict(width=width, depth=depth, heads=num_heads, patch_size=patch, img_size=train_size,
+                grid=grid, mlp_ratio=hidden / width)
+    if img_size and img_size != train_size:
+        if img_size % patch:
+            raise UserError(f"image size {img_size} is not divisible by the patch size {patch}")
+        meta["img_size"] = img_size
+    return model.eval(), meta
+
+
+def predictor_from_state_dict(sd: dict[str, torch.Tensor], num_heads: int, what: str) -> JEPAPredictor:
+    needed = ("predictor_embed.weight", "predictor_pos_embed", "mask_token")
+    absent = [k for k in needed if k not in sd]
+    if absent:
+        raise UserError(f"{what} is not an I-JEPA predictor: missing {', '.join(absent)}")
+    pred_dim, width = sd["predictor_embed.weight"].shape
+    depth = _block_count(sd, "predictor_blocks.")
+    hidden = sd["predictor_blocks.0.mlp.fc1.weight"].shape[0] if depth else 4 * pred_dim
+    model = JEPAPredictor(sd["predictor_pos_embed"].shape[1], embed_dim=width, predictor_embed_dim=pred_dim,
+                          depth=depth, num_heads=num_heads, mlp_ratio=hidden / pred_dim)
+    load_strict(model, sd, what)
+    return model.eval()
+
+
+def _parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """'timm:NAME,key=value,...' -> (NAME, {key: value}); values are parsed as YAML scalars."""
+    name, *pairs = spec[len("timm:"):].split(",")
+    kwargs: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UserError(f"bad timm spec '{spec}': expected key=value after the model name, got '{pair}'")
+        key, value = pair.split("=", 1)
+        kwargs[key.strip()] = value if key.strip() == "weights" else yaml.safe_load(value)
+    return name.strip(), kwargs
+
+
+def _load_timm(spec: str, weights: str | None, seed: int, **overrides: Any) -> Checkpoint:
+    import timm
+    from .timm_encoder import TimmTokens
+    name, kwargs = _parse_spec(spec)
+    kwargs.update(overrides)
+    weights = kwargs.pop("weights", weights)
+    if name not in timm.list_models():
+        from .errors import did_you_mean
+        raise UserError(f"unknown timm model '{name}'{did_you_mean(name, timm.list_models())}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # random init must be reproducible: the cache is keyed by the weights
+        try:
+            model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        except TypeError as e:
+            raise UserError(f"timm model '{name}' does not take these arguments {kwargs}: {e}") from None
+    meta: dict[str, Any] = {"source_format": "timm", "name": name, "timm_kwargs": kwargs}
+    if weights:
+        sd = safe_torch_load(weights)
+        if isinstance(sd, dict) and isinstance(sd.get("state_dict") or sd.get("model"), dict):
+            sd = sd.get("state_dict") or sd.get("model")
+        if not isinstance(sd, dict):
+            raise UserError(f"{weights} holds no state dict")
+        sd = _strip_prefix(sd)
+        head = sorted(k for k in sd if k.startswith("head.") or k.startswith("fc."))
+        sd = {k: v for k, v in sd.items() if k not in head}
+        load_strict(model, sd, f"weights {weights}")
+        meta.update(weights=str(weights), sha256=sha256_file(Path(weights)), dropped_head_keys=head)
+    else:
+        meta.update(weights=None, sha256=sha256_state(model), init_seed=seed)
+    enc = TimmTokens(model.eval())
+    meta.update(enc.describe())
+    return Checkpoint(target_encoder=enc, encoder=enc, predictor=None, meta=meta)
+
+
+def load_checkpoint(spec: str | os.PathLike, weights: str | None = None, num_heads: int | None = None,
+                    img_size: int | None = None, seed: int = 0, **timm_kwargs: Any) -> Checkpoint:
+    """Load an official I-JEPA ``.pth.tar``, this suite's checkpoint, a plain encoder state dict,
+    or ``"timm:NAME[,key=value...]"`` (random init unless ``weights=PATH``; never downloads)."""
+    spec_str = str(spec)
+    if spec_str.startswith("timm:"):
+        if img_size:
+            timm_kwargs["img_size"] = img_size
+        return _load_timm(spec_str, weights, seed, **timm_kwargs)
+    path = Path(spec_str).expanduser()
+    obj = safe_torch_load(path)
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} is not a checkpoint: it holds a {type(obj).__name__}, not a dict")
+    config = _config_beside(path)
+    meta: dict[str, Any] = {"path": str(path.resolve()), "sha256": sha256_file(path)}
+    if any(k in obj for k in OFFICIAL_KEYS):
+        if "encoder" not in obj and "target_encoder" not in obj:
+            raise UserError(f"{path} has a predictor but no encoder or target_encoder")
+        parts = {k: _strip_prefix(obj[k]) for k in OFFICIAL_KEYS if isinstance(obj.get(k), dict)}
+        first = parts.get("target_encoder") or parts["encoder"]
+        width = first["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in first else 0
+        heads = _heads_hint(config, width, num_heads)
+        built = {k: encoder_from_state_dict(parts[k], f"{path.name}[{k}]", heads, img_size)
+                 for k in ("target_encoder", "encoder") if k in parts}
+        target, arch = built.get("target_encoder") or built["encoder"]
+        context = built["encoder"][0] if "encoder" in built else target
+        predictor = (predictor_from_state_dict(parts["predictor"], arch["heads"], f"{path.name}[predictor]")
+                     if "predictor" in parts else None)
+        meta.update(arch, source_format="jepa-eval" if config else "ijepa-official",
+                    epoch=obj.get("epoch"), loss=_scalar(obj.get("loss")),
+                    has_target_encoder="target_encoder" in built, has_context_encoder="encoder" in built,
+                    has_predictor=predictor is not None)
+        if config:
+            meta["config"] = config
+        return Checkpoint(target_encoder=target, encoder=context, predictor=predictor, meta=meta)
+    # a plain state dict (possibly wrapped in 'state_dict' / 'model')
+    sd = obj.get("state_dict") or obj.get("model") or obj
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"{path} is neither an I-JEPA checkpoint (keys {', '.join(OFFICIAL_KEYS)}) "
+                        f"nor a state dict of tensors (found keys: {', '.join(list(obj)[:6])})")
+    sd = _strip_prefix(sd)
+    width = sd["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in sd else 0
+    enc, arch = encoder_from_state_dict(sd, path.name, _heads_hint(config, width, num_heads), img_size)
+    meta.update(arch, source_format="state_dict", epoch=None, has_target_encoder=False,
+                has_context_encoder=False, has_predictor=False,
+                note="plain state dict: target and context encoder are the same weights")
+    return Checkpoint(target_encoder=enc, encoder=enc, predictor=None, meta=meta)
+
+
+def _scalar(v: Any) -> Any:
+    return v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v
