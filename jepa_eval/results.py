@@ -1,0 +1,129 @@
+"""The results store: one self-describing JSON record per (checkpoint, encoder, battery entry, config).
+
+Records are written atomically (temp file, fsync, rename), so a crash never leaves half a record;
+``load`` turns a folder of them into a long pandas table (one row per record and metric)."""
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import hashlib
+import json
+import os
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from .errors import UserError
+
+SCHEMA = 1
+COLUMNS = ["record_id", "checkpoint", "sha256", "epoch", "source_format", "task", "entry", "dataset",
+           "encoder", "pooling", "seed", "metric", "value", "primary", "chosen", "selected_on", "path"]
+
+
+def record_id(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def versions() -> dict[str, str]:
+    found = {}
+    for pkg in ("jepa-eval", "torch", "timm", "numpy", "scikit-learn", "faiss-cpu", "faiss-gpu"):
+        try:
+            found[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    """Write atomically: the record is either absent or whole, never partial."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(record, f, indent=1, sort_keys=False, default=_jsonable)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return rec if isinstance(rec, dict) and rec.get("schema") == SCHEMA and "metrics" in rec else None
+
+
+def iter_records(dirs: Iterable[str | os.PathLike]) -> Iterable[tuple[Path, dict[str, Any]]]:
+    for d in dirs:
+        root = Path(d)
+        if not root.exists():
+            raise UserError(f"results folder not found: {root}")
+        for path in sorted(root.rglob("*.json")):
+            if path.name.startswith("."):
+                continue
+            rec = read_record(path)
+            if rec is not None:
+                yield path, rec
+
+
+def load(dirs: str | os.PathLike | Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """All records under ``dirs`` as one row per (record, metric); see ``COLUMNS``."""
+    if isinstance(dirs, (str, os.PathLike)):
+        dirs = [dirs]
+    rows = []
+    for path, rec in iter_records(dirs):
+        ck = rec.get("checkpoint", {})
+        meta = ck.get("meta", {})
+        for metric, value in rec["metrics"].items():
+            rows.append({"record_id": rec.get("record_id"), "checkpoint": ck.get("name"),
+                         "sha256": ck.get("sha256"), "epoch": meta.get("epoch"),
+                         "source_format": meta.get("source_format"), "task": rec.get("task"),
+                         "entry": rec.get("entry"), "dataset": rec.get("dataset"),
+                         "encoder": rec.get("encoder"), "pooling": rec.get("pooling"),
+                         "seed": rec.get("seed"), "metric": metric, "value": value,
+                         "primary": metric == rec.get("primary_metric"), "chosen": rec.get("chosen"),
+                         "selected_on": rec.get("selected_on"), "path": str(path)})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Checkpoint/encoder x entry table of primary metrics (mean over repeats; missing cells stay)."""
+    prim = df[df["primary"]]
+    if prim.empty:
+        return pd.DataFrame()
+    prim = prim.assign(column=prim["entry"] + " (" + prim["metric"] + ")",
+                       model=prim["checkpoint"] + " [" + prim["encoder"] + "]")
+    return prim.pivot_table(index="model", columns="column", values="value", aggfunc="mean", dropna=False)

@@ -1,0 +1,205 @@
+"""Runs batteries: checkpoints x encoders x battery entries -> result records.
+
+The unit of work is a ``Job`` (one checkpoint, one encoder, one entry). ``plan`` lists the jobs a
+battery needs, ``run_job`` does one: it claims the job with a lock file (two processes on one output
+folder never both run it), skips it when its record exists, and writes the record atomically.
+Launchers (in-process, submitit) only decide where ``run_job`` runs."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from filelock import FileLock, Timeout
+from tqdm.auto import tqdm
+
+from .battery import Battery, BatteryEntry, load_battery
+from .checkpoint import Checkpoint, load_checkpoint
+from .datasets import get_dataset
+from .errors import UserError
+from .features import FeatureCache, Features
+from .results import SCHEMA, git_commit, now, read_record, record_id, versions, write_record
+from .task import TASKS
+
+ENCODERS = ("target", "context")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("JEPA_EVAL_CACHE", Path.home() / ".cache" / "jepa-eval" / "features"))
+
+
+def checkpoint_name(spec: str) -> str:
+    """A short display name: file stem, with the run folder for ``jepa-latest``/``jepa-epN`` files."""
+    if spec.startswith("timm:"):
+        return spec
+    path = Path(spec)
+    stem = re.sub(r"(\.pth)?(\.tar)?$", "", path.name)
+    return f"{path.parent.name}/{stem}" if re.fullmatch(r"jepa-(latest|ep\d+)", stem) else stem
+
+
+@dataclass
+class TaskContext:
+    """What a task sees: features by role and pooling, the dataset, a scratch folder, a seed."""
+    checkpoint: Checkpoint
+    encoder: str
+    entry: BatteryEntry
+    dataset_name: str
+    cache: FeatureCache
+    workdir: Path
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    show_progress: bool = True
+    feature_dtype: str = "float16"
+
+    @property
+    def poolings(self) -> list[str]:
+        return self.entry.poolings
+
+    def dataset(self, role: str):
+        if role not in self.entry.splits:
+            raise UserError(f"entry '{self.entry.id}' has no split for role '{role}'")
+        return get_dataset(self.dataset_name, self.entry.root, split=self.entry.splits[role],
+                           image_size=int(self.checkpoint.meta["img_size"]),
+                           max_samples=self.entry.max_samples.get(role), seed=self.entry.seed)
+
+    def features(self, role: str, pooling: str) -> Features:
+        return self.cache.get_or_extract(self.checkpoint, self.encoder, pooling, self.dataset(role),
+                                         dtype=self.feature_dtype, device=self.device,
+                                         progress=self.show_progress)
+
+    def progress(self, iterable: Iterable, desc: str = "", **kw: Any) -> Iterable:
+        return tqdm(iterable, desc=desc, disable=not self.show_progress, dynamic_ncols=True, **kw)
+
+
+@dataclass
+class Job:
+    spec: str
+    encoder: str
+    battery: str          # a shipped battery name or a YAML path
+    entry_id: str
+    out: str
+    cache: str
+    roots: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{checkpoint_name(self.spec)} [{self.encoder}] {self.entry_id}"
+
+
+def resolve_dataset(entry: BatteryEntry, roots: dict[str, str]) -> tuple[str, BatteryEntry]:
+    """The first of the entry's datasets that can be opened (with the CLI's --root overrides)."""
+    errors = []
+    for name in entry.datasets:
+        root = entry.root or roots.get(name)
+        try:
+            get_dataset(name, root, split=next(iter(entry.splits.values())), image_size=8)
+            if root != entry.root:
+                entry = BatteryEntry(**{**entry.__dict__, "root": root})
+            return name, entry
+        except UserError as e:
+            errors.append(str(e))
+    raise UserError(f"entry '{entry.id}': no dataset available: " + " | ".join(errors))
+
+
+def record_path(job: Job, ck: Checkpoint, entry: BatteryEntry, dataset: str) -> tuple[Path, str]:
+    rid = record_id({"sha256": ck.meta.get("sha256"), "encoder": job.encoder, "dataset": dataset,
+                     "root": entry.root, **entry.config()})
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", checkpoint_name(job.spec))
+    return Path(job.out) / "records" / f"{safe}-{ck.meta['sha256'][:8]}" / f"{entry.id}-{job.encoder}-{rid}.json", rid
+
+
+def run_job(job: Job, checkpoint: Checkpoint | None = None, force: bool = False, progress: bool = True,
+            log: Callable[[str], None] = print) -> Path | None:
+    """Run one job unless its record exists; returns the record path (None if another process has it)."""
+    battery = load_battery(job.battery)
+    entry = next((e for e in battery.entries if e.id == job.entry_id), None)
+    if entry is None:
+        raise UserError(f"battery {job.battery} has no entry '{job.entry_id}'")
+    ck = checkpoint or load_checkpoint(job.spec)
+    if job.encoder == "context" and not ck.meta.get("has_context_encoder", True):
+        log(f"skip   {job.label}: this checkpoint has no separate context encoder")
+        return None
+    dataset, entry = resolve_dataset(entry, job.roots)
+    path, rid = record_path(job, ck, entry, dataset)
+    if not force and read_record(path) is not None:
+        log(f"done   {job.label} (record exists)")
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path.with_suffix(".lock")))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"busy   {job.label}: another process is running it")
+        return None
+    try:
+        if not force and read_record(path) is not None:  # finished by someone while we waited
+            return path
+        log(f"run    {job.label} on {dataset}")
+        task = TASKS.get(entry.task)(entry.params)
+        workdir = path.with_suffix(".work")
+        ctx = TaskContext(ck, job.encoder, entry, dataset, FeatureCache(job.cache), workdir,
+                          seed=entry.seed, show_progress=progress)
+        t0 = time.time()
+        result = task.run(ctx)
+        record = {
+            "schema": SCHEMA, "record_id": rid, "created": now(),
+            "checkpoint": {"spec": job.spec, "name": checkpoint_name(job.spec), "sha256": ck.meta.get("sha256"),
+                           "meta": {k: v for k, v in ck.meta.items() if k != "config"}},
+            "task": entry.task, "entry": entry.id, "battery": battery.name, "dataset": dataset,
+            "root": entry.root, "splits": entry.splits, "max_samples": entry.max_samples,
+            "encoder": job.encoder, "pooling": result.details.pop("pooling", ",".join(entry.poolings)),
+            "params": entry.raw_params, "primary_metric": next(iter(result.metrics)),
+            "metrics": result.metrics, "chosen": result.chosen, "selected_on": result.selected_on,
+            "details": result.details, "seed": entry.seed, "git_commit": git_commit(),
+            "versions": versions(), "wall_time_s": round(time.time() - t0, 3)}
+        write_record(path, record)
+        if workdir.exists():
+            import shutil
+            shutil.rmtree(workdir, ignore_errors=True)
+        return path
+    finally:
+        lock.release()
+        try:
+            os.unlink(lock.lock_file)
+        except OSError:
+            pass
+
+
+def plan(specs: list[str], battery_ref: str, out: str | os.PathLike, cache: str | os.PathLike,
+         encoders: Iterable[str] = ("target",), roots: dict[str, str] | None = None) -> list[Job]:
+    battery = load_battery(battery_ref)
+    for enc in encoders:
+        if enc not in ENCODERS:
+            raise UserError(f"encoder must be one of {', '.join(ENCODERS)}, not '{enc}'")
+    return [Job(spec, enc, battery_ref, e.id, str(out), str(cache), dict(roots or {}))
+            for spec in specs for enc in encoders for e in battery.entries]
+
+
+def check_output_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"output folder {out} is not writable: {e.strerror or e}") from None
+
+
+def run_in_process(jobs: list[Job], force: bool = False, progress: bool = True) -> list[Path]:
+    """Run jobs here, loading each checkpoint once. Checkpoints are all loaded (validated) first."""
+    loaded: dict[str, Checkpoint] = {}
+    for spec in dict.fromkeys(j.spec for j in jobs):
+        loaded[spec] = load_checkpoint(spec)
+    done = []
+    for job in jobs:
+        path = run_job(job, loaded[job.spec], force=force, progress=progress,
+                       log=lambda m: print(m, file=sys.stderr))
+        if path is not None:
+            done.append(path)
+    return done

@@ -1,0 +1,1 @@
+"""Registered tasks: each module here defines one task with ``@register_task``."""
