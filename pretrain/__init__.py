@@ -1,0 +1,1 @@
+"""Compact I-JEPA pretraining that writes checkpoints in the official layout."""

@@ -1,0 +1,101 @@
+"""I-JEPA multi-block masking (PROTOCOLS.md §2): one context block and several target blocks per image.
+
+Block *sizes* are drawn once per batch, block *positions* per image; the context block excludes every
+target block; all masks of a batch are cut to the shortest so they stack into [B, K] index tensors.
+The sampler's only state is its step counter, so resuming restores it exactly."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import default_collate
+
+
+@dataclass
+class MaskConfig:
+    enc_mask_scale: tuple[float, float] = (0.85, 1.0)
+    pred_mask_scale: tuple[float, float] = (0.15, 0.2)
+    aspect_ratio: tuple[float, float] = (0.75, 1.5)
+    nenc: int = 1
+    npred: int = 4
+    min_keep: int = 10
+    allow_overlap: bool = False
+
+
+class MultiBlockMaskCollator:
+    """``collator(batch) -> (collated_batch, masks_enc, masks_pred)``, lists of [B, K] LongTensors."""
+
+    def __init__(self, input_size: int | tuple[int, int] = 224, patch_size: int = 16,
+                 config: MaskConfig | None = None, seed: int = 0) -> None:
+        size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        self.height, self.width = size[0] // patch_size, size[1] // patch_size
+        self.cfg = config or MaskConfig()
+        if self.cfg.min_keep > self.height * self.width:
+            raise ValueError(f"min_keep={self.cfg.min_keep} exceeds the {self.height}x{self.width} patch grid")
+        self.seed = seed
+        self.step = 0  # the sampler's whole state: see state_dict()
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.seed = int(state["step"]), int(state["seed"])
+
+    def _block_size(self, g: torch.Generator, scale: tuple[float, float],
+                    aspect: tuple[float, float]) -> tuple[int, int]:
+        r = torch.rand(1, generator=g).item()
+        keep = int(self.height * self.width * (scale[0] + r * (scale[1] - scale[0])))
+        ar = math.exp(math.log(aspect[0]) + r * (math.log(aspect[1]) - math.log(aspect[0])))
+        h = min(max(int(round(math.sqrt(keep * ar))), 1), self.height)
+        w = min(max(int(round(math.sqrt(keep / ar))), 1), self.width)
+        return h, w
+
+    def _block(self, g: torch.Generator, size: tuple[int, int],
+               allowed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One block at a random position, restricted to ``allowed`` (a [H, W] 0/1 map) when given.
+        After 20 failed tries the restriction is dropped, as in the official sampler."""
+        h, w = size
+        for tries in range(1000):
+            top = int(torch.randint(0, self.height - h + 1, (1,), generator=g))
+            left = int(torch.randint(0, self.width - w + 1, (1,), generator=g))
+            block = torch.zeros(self.height, self.width, dtype=torch.int32)
+            block[top:top + h, left:left + w] = 1
+            if allowed is not None and tries < 20:
+                block = block * allowed
+            idx = torch.nonzero(block.flatten()).squeeze(-1)
+            if len(idx) > self.cfg.min_keep or (allowed is None and len(idx) == h * w):
+                complement = torch.ones(self.height, self.width, dtype=torch.int32)
+                complement[top:top + h, left:left + w] = 0
+                return idx, complement
+        raise RuntimeError("could not sample a mask block; lower min_keep or the mask scales")
+
+    def sample(self, batch_size: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)
+        self.step += 1
+        cfg = self.cfg
+        pred_size = self._block_size(g, cfg.pred_mask_scale, cfg.aspect_ratio)
+        enc_size = self._block_size(g, cfg.enc_mask_scale, (1.0, 1.0))
+        enc, pred = [], []
+        for _ in range(batch_size):
+            targets, allowed = [], None
+            for _ in range(cfg.npred):
+                idx, complement = self._block(g, pred_size, None)
+                targets.append(idx)
+                allowed = complement if allowed is None else allowed * complement
+            if cfg.allow_overlap:
+                allowed = None
+            contexts = [self._block(g, enc_size, allowed)[0] for _ in range(cfg.nenc)]
+            pred.append(targets)
+            enc.append(contexts)
+        return self._stack(enc), self._stack(pred)
+
+    @staticmethod
+    def _stack(per_image: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+        keep = min(len(m) for masks in per_image for m in masks)
+        n = len(per_image[0])
+        return [torch.stack([masks[j][:keep] for masks in per_image]) for j in range(n)]
+
+    def __call__(self, batch: list) -> tuple[object, list[torch.Tensor], list[torch.Tensor]]:
+        masks_enc, masks_pred = self.sample(len(batch))
+        return default_collate(batch), masks_enc, masks_pred
