@@ -63,6 +63,8 @@ def safe_torch_load(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Unsupported operand" in str(e):  # not pickle at all (e.g. a text file)
+            raise UserError(f"{path} is not a PyTorch checkpoint (its bytes are not a pickle)") from None
         if "Weights only load failed" in str(e) or "weights_only" in str(e):
             reason = str(e).splitlines()
             hint = next((ln.strip() for ln in reason if "GLOBAL" in ln or "Unsupported" in ln), "")
@@ -199,6 +201,9 @@ def _load_timm(spec: str, weights: str | None, seed: int, **overrides: Any) -> C
             model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
         except TypeError as e:
             raise UserError(f"timm model '{name}' does not take these arguments {kwargs}: {e}") from None
+    size, patch = kwargs.get("img_size"), kwargs.get("patch_size")
+    if isinstance(size, int) and isinstance(patch, int) and size % patch:
+        raise UserError(f"image size {size} is not divisible by the patch size {patch}")
     meta: dict[str, Any] = {"source_format": "timm", "name": name, "timm_kwargs": kwargs}
     if weights:
         sd = safe_torch_load(weights)

@@ -168,6 +168,12 @@ class FeatureCache:
             with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=cuda):
                 for images, _ in loader:
                     z = pool(encoder, images.to(device, non_blocking=cuda), pooling).float().cpu().numpy()
+                    if not np.isfinite(z).all():
+                        raise UserError(f"the encoder produced NaN/inf features for images {row}-{row + len(z) - 1}"
+                                        f" of {dataset.identity.get('dataset', 'the dataset')}: are the checkpoint"
+                                        f" weights damaged? Nothing was cached or recorded")
+                    if dtype == "float16" and np.abs(z).max() > 65000:
+                        raise UserError("features exceed the float16 range; extract with dtype float32")
                     out[row:row + len(z)] = z
                     row += len(z)
                     bar.update(len(z))
