@@ -96,7 +96,7 @@ def resolve_dataset(entry: BatteryEntry, roots: dict[str, str]) -> tuple[str, Ba
     """The first of the entry's datasets that can be opened (with the CLI's --root overrides)."""
     errors = []
     for name in entry.datasets:
-        root = entry.root or roots.get(name)
+        root = roots.get(name) or entry.root  # the command line overrides the battery
         try:
             get_dataset(name, root, split=next(iter(entry.splits.values())), image_size=8)
             if root != entry.root:
@@ -122,8 +122,13 @@ def resolve_job(job: Job, ck: Checkpoint) -> tuple[Battery, BatteryEntry | None,
     if entry is None:
         raise UserError(f"battery {job.battery} has no entry '{job.entry_id}'")
     if job.encoder == "context" and not ck.meta.get("has_context_encoder", True):
-        return battery, None, "", Path(), ""
-    dataset, entry = resolve_dataset(entry, job.roots)
+        return battery, None, "this checkpoint has no separate context encoder", Path(), ""
+    try:
+        dataset, entry = resolve_dataset(entry, job.roots)
+    except UserError as e:
+        if not entry.optional:
+            raise
+        return battery, None, f"optional entry, data absent ({e})", Path(), ""
     path, rid = record_path(job, ck, entry, dataset)
     return battery, entry, dataset, path, rid
 
@@ -175,7 +180,7 @@ def run_job(job: Job, checkpoint: Checkpoint | None = None, force: bool = False,
     ck = checkpoint or load_checkpoint(job.spec)
     battery, entry, dataset, path, rid = resolve_job(job, ck)
     if entry is None:
-        log(f"skip   {job.label}: this checkpoint has no separate context encoder")
+        log(f"skip   {job.label}: {dataset}")  # the reason
         return None
     if not force and read_record(path) is not None:
         log(f"done   {job.label} (record exists)")
