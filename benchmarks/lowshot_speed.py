@@ -73,13 +73,13 @@ def run(n_classes: int = 100, dim: int = 384, k: int = 13, seeds: int = 3, n_tes
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="20 classes, dim 128, 1 subset")
+    ap.add_argument("--quick", action="store_true", help="40 classes, dim 256, 2 subsets")
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--k", type=int, default=13, help="labelled images per class (ImageNet-1% has ~13)")
     ap.add_argument("--seeds", type=int, default=3)
     a = ap.parse_args(argv)
-    return run(20, 128, a.k, 1, 2000) if a.quick else run(a.classes, a.dim, a.k, a.seeds)
+    return run(40, 256, a.k, 2, 2000) if a.quick else run(a.classes, a.dim, a.k, a.seeds)
 
 
 if __name__ == "__main__":

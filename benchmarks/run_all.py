@@ -15,7 +15,10 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # `python benchmarks/run_all.py` puts only benchmarks/ on the path
+try:
+    import benchmarks  # noqa: F401 - already importable (PYTHONPATH): keep that environment's jepa_eval
+except ImportError:
+    sys.path.insert(1, str(ROOT))  # `python benchmarks/run_all.py` puts only benchmarks/ on the path
 
 from benchmarks._common import RESULTS, say, update_results  # noqa: E402
 
