@@ -150,3 +150,14 @@ def test_battery_reads_exponent_floats(tmp_path):
     path.write_text("tasks:\n  - {task: linear, dataset: digits, params: {lrs: [1e-3, 0.1], wds: [5e-4]}}\n")
     (entry,) = load_battery(str(path)).entries
     assert entry.params.lrs == [0.001, 0.1] and entry.params.wds == [0.0005]
+
+
+def test_a_diverged_head_scores_zero_and_others_are_unaffected():
+    x, y = blobs(300)
+    tx, ty = blobs(100, seed=1)
+    x = (x.astype(np.float32) * 100).astype(np.float16)           # an absurd lr overflows to inf, then NaN
+    cfg = LinearConfig(lrs=[1e-4, 1e37], wds=[0.0], norms=["none"], epochs=3, batch_size=32)
+    res = linear_probe({"a": (x, y, tx * 100, ty)}, cfg)
+    alone = linear_probe({"a": (x, y, tx * 100, ty)}, LinearConfig(**{**cfg.__dict__, "lrs": [1e-4]}))
+    assert res.grid[1]["holdout_top1"] == 0.0 and res.chosen["lr"] == 1e-4
+    assert res.grid[0]["holdout_top1"] == alone.grid[0]["holdout_top1"] and res.top1 == alone.top1

@@ -134,7 +134,7 @@ def fit_grid(dim: int, n_classes: int, batches: Batches, n_fit: int, cfg: Linear
 def grid_scores(model: HeadGrid, x: np.ndarray, y: np.ndarray, rows: np.ndarray | None = None,
                 device: torch.device | str = "cpu", chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-1 and top-5 accuracy (percent) of every head on ``rows`` of the features, streamed by chunk.
-    A diverged head (NaN logits) scores 0."""
+    A diverged head (non-finite weights) scores 0."""
     model.eval()
     rows = np.arange(len(x)) if rows is None else np.asarray(rows)
     if len(rows) == 0:
@@ -148,8 +148,10 @@ def grid_scores(model: HeadGrid, x: np.ndarray, y: np.ndarray, rows: np.ndarray 
         hit = top == truth[None, :, None]
         correct1 = correct1 + hit[..., 0].sum(1).cpu()
         correct5 = correct5 + hit.any(-1).sum(1).cpu()
-    return (100.0 * np.asarray(correct1, dtype=np.float64) / len(rows),
-            100.0 * np.asarray(correct5, dtype=np.float64) / len(rows))
+    finite = (torch.isfinite(model.weight).all(1).all(-1).flatten() & torch.isfinite(model.bias).all(-1).flatten()).cpu()
+    top1 = 100.0 * np.asarray(correct1, dtype=np.float64) / len(rows)
+    top5 = 100.0 * np.asarray(correct5, dtype=np.float64) / len(rows)
+    return np.where(finite, top1, 0.0), np.where(finite, top5, 0.0)
 
 
 @dataclass
