@@ -64,6 +64,17 @@ def test_same_record_twice_counts_once(results):
     assert int(agg["n"].max()) == 3
 
 
+def test_same_name_different_weights_are_not_repeats(tmp_path):
+    r = tmp_path / "r"
+    # jepa-latest is rewritten every epoch: same display name, different files
+    for epoch, v in ((5, 30.0), (6, 50.0)):
+        make_record(r, "run1/jepa-latest", "knn", {"top1_k20": v}, epoch=epoch,
+                    sha_seed=f"latest-{epoch}")
+    agg = aggregate(load(r))
+    assert sorted(agg["model"]) == ["run1/jepa-latest (ep 5) [target]", "run1/jepa-latest (ep 6) [target]"]
+    assert list(agg["n"]) == [1, 1]
+
+
 def test_report_command_writes_all_outputs(results, tmp_path, capsys):
     out = tmp_path / "reports" / "t"
     assert main(["report", "--results", str(results), "--out", str(out), "--title", "T"]) == 0

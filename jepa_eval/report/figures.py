@@ -70,11 +70,11 @@ def bars(agg: pd.DataFrame) -> list[ReportFigure]:
 
 def by_epoch(agg: pd.DataFrame) -> list[ReportFigure]:
     """Primary metric against pretraining epoch for checkpoints of a run folder (jepa-ep{N})."""
-    runs = agg[agg["checkpoint"].astype(str).str.contains(r"/jepa-(?:ep\d+|latest)$", regex=True)]
+    runs = agg[agg["checkpoint"].astype(str).str.contains(r"/jepa-(?:ep\d+|latest)(?: .*)?$", regex=True)]
     runs = runs[pd.to_numeric(runs["epoch"], errors="coerce").notna()]
     if runs.empty or runs["epoch"].nunique() < 2:
         return []
-    runs = runs.assign(run=runs["checkpoint"].str.replace(r"/jepa-(ep\d+|latest)$", "", regex=True),
+    runs = runs.assign(run=runs["checkpoint"].str.replace(r"/jepa-(ep\d+|latest)( .*)?$", "", regex=True),
                        epoch=pd.to_numeric(runs["epoch"]))
     # a curve needs two epochs of one run: drop tasks that were evaluated at a single epoch only
     span = runs.groupby(["column", "run", "encoder"])["epoch"].nunique()
