@@ -52,6 +52,7 @@ def test_pivot_aggregates_repeats_and_keeps_missing_cells(results):
     assert text.loc["run1/jepa-ep20 [context]", "knn (top1_k20)"] == "44.00"
     # single runs have no std
     assert text.loc["ijepa-vitb [target]", "knn (top1_k20)"] == "55.50"
+    assert text.loc["run1/jepa-ep20 [target]", "cka (cka_first_last)"] == "0.400"  # 3 decimals below 10
     # the paper's CLEVR/Count numbers land under the matching column, marked published, and nowhere else
     pub = text.loc["I-JEPA ViT-H/14 (published)"]
     assert pub[col] == "86.70" and (pub.drop(col) == "—").all()

@@ -56,7 +56,7 @@ def _distinct_names(prim: pd.DataFrame) -> pd.Series:
     return pd.Series(names, index=prim.index)
 
 
-def _order_models(agg: pd.DataFrame) -> list[str]:
+def order_models(agg: pd.DataFrame) -> list[str]:
     first = agg.drop_duplicates("model")
     epoch = pd.to_numeric(first["epoch"], errors="coerce").fillna(-1)
     run = first["checkpoint"].astype(str).str.replace(r"/jepa-(ep\d+|latest)( .*)?$", "", regex=True)
@@ -70,9 +70,10 @@ def _order_models(agg: pd.DataFrame) -> list[str]:
 def format_cell(mean: float, std: float, n: int) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return MISSING
+    digits = 2 if abs(mean) >= 10 else 3  # accuracies in percent vs CKA-like values in [0, 1]
     if n and n > 1:
-        return f"{mean:.2f} ± {std:.2f} (n={int(n)})"
-    return f"{mean:.2f}"
+        return f"{mean:.{digits}f} ± {std:.{digits}f} (n={int(n)})"
+    return f"{mean:.{digits}f}"
 
 
 def load_published() -> dict[str, Any]:
@@ -98,7 +99,7 @@ def published_rows(columns: list[dict[str, str]], published: dict[str, Any]) -> 
 def pivot(agg: pd.DataFrame, published: dict[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(numbers, display): models x columns; every model and column kept, absent cells NaN / "—".
     Published rows (when a benchmark matches a column) are appended below the measured ones."""
-    models, columns = _order_models(agg), list(dict.fromkeys(agg["column"]))
+    models, columns = order_models(agg), list(dict.fromkeys(agg["column"]))
     long = agg[["model", "column", "mean", "std", "n"]]
     if published is not None and columns:
         info = agg.drop_duplicates("column")[["column", "task", "entry", "dataset"]].to_dict("records")
