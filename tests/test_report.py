@@ -52,6 +52,7 @@ def test_pivot_aggregates_repeats_and_keeps_missing_cells(results):
     assert text.loc["run1/jepa-ep20 [context]", "knn (top1_k20)"] == "44.00"
     # single runs have no std
     assert text.loc["ijepa-vitb [target]", "knn (top1_k20)"] == "55.50"
+    assert text.loc["run1/jepa-ep20 [target]", "cka (cka_first_last)"] == "0.400"  # 3 decimals below 10
     # the paper's CLEVR/Count numbers land under the matching column, marked published, and nowhere else
     pub = text.loc["I-JEPA ViT-H/14 (published)"]
     assert pub[col] == "86.70" and (pub.drop(col) == "—").all()
@@ -62,6 +63,17 @@ def test_same_record_twice_counts_once(results):
     agg = aggregate(load([results, results]))
     assert int(agg.loc[agg["column"] == "knn (top1_k20)", "n"].max()) == 1
     assert int(agg["n"].max()) == 3
+
+
+def test_same_name_different_weights_are_not_repeats(tmp_path):
+    r = tmp_path / "r"
+    # jepa-latest is rewritten every epoch: same display name, different files
+    for epoch, v in ((5, 30.0), (6, 50.0)):
+        make_record(r, "run1/jepa-latest", "knn", {"top1_k20": v}, epoch=epoch,
+                    sha_seed=f"latest-{epoch}")
+    agg = aggregate(load(r))
+    assert sorted(agg["model"]) == ["run1/jepa-latest (ep 5) [target]", "run1/jepa-latest (ep 6) [target]"]
+    assert list(agg["n"]) == [1, 1]
 
 
 def test_report_command_writes_all_outputs(results, tmp_path, capsys):
