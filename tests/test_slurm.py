@@ -109,7 +109,10 @@ def test_status_reattaches_from_a_fresh_process_and_rerun_submits_only_missing(m
         subprocess.run(["scancel", *ids], check=False)
 
 
-def test_requeued_job_resumes_without_redoing_work(tmp_path, reference):
+@pytest.mark.parametrize("how", ["scontrol-requeue", "preemption-signal"])
+def test_requeued_job_resumes_without_redoing_work(tmp_path, reference, how):
+    """``scontrol requeue`` kills and requeues the job; a preemption/timeout signal (USR2, what
+    SLURM sends before the time limit) makes submitit call the unit's ``checkpoint()`` and requeue."""
     battery = write_battery(tmp_path / "a.yaml", KNN_A)
     out, cache = tmp_path / "out", tmp_path / "cache"
     t0 = time.time()
@@ -126,15 +129,20 @@ def test_requeued_job_resumes_without_redoing_work(tmp_path, reference):
     entries = sorted(p for p in cache.iterdir() if p.is_dir())
     assert len(entries) == 2 and not list(cache.glob("*.partial"))
     before = {p.name: (p.stat().st_ino, (p / "features.npy").stat().st_mtime_ns) for p in entries}
-    subprocess.run(["scontrol", "requeue", probe["job_id"]], check=True)
+    if how == "scontrol-requeue":
+        subprocess.run(["scontrol", "requeue", probe["job_id"]], check=True)
+    else:
+        subprocess.run(["scancel", "--signal=USR2", probe["job_id"]], check=True)
     rows = wait(out, poll_s=2, timeout_s=WAIT_S)
     assert all(r["state"] == "done" for r in rows), rows
     assert log.read_text().count("unit   probe") == 2  # it started again after the requeue...
     history = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-o", "State", "-j", probe["job_id"]],
                              capture_output=True, text=True).stdout.split()
     assert history[0] == "REQUEUED" and len(history) == 2, history  # one requeue, one final run
+    if how == "preemption-signal":
+        assert "Calling checkpoint method" in log.with_suffix(".out").read_text()
     after = {p.name: (p.stat().st_ino, (p / "features.npy").stat().st_mtime_ns)
              for p in cache.iterdir() if p.is_dir()}
     assert after == before  # ...and reused the features instead of extracting them again
     assert metrics_by_entry(out) == {"knn-a": reference["knn-a"]}
-    print(f"\n[slurm] requeue test finished in {time.time() - t0:.0f} s")
+    print(f"\n[slurm] {how} test finished in {time.time() - t0:.0f} s")
