@@ -10,6 +10,7 @@ tasks:
     max_samples: {train: 10000}      # optional seeded, class-stratified subsets
     pooling: lastPOOL                # or a list; default: the task's own
     params: {ks: [10, 20]}           # checked against the task's typed parameters
+    optional: true                   # skip (with a note) instead of failing when the data is absent
 ```"""
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
                               list("-+0123456789"))
 
-ENTRY_KEYS = {"task", "id", "dataset", "root", "splits", "max_samples", "pooling", "params", "seed"}
+ENTRY_KEYS = {"task", "id", "dataset", "root", "splits", "max_samples", "pooling", "params", "seed", "optional"}
 
 
 @dataclass
@@ -48,6 +49,7 @@ class BatteryEntry:
     params: Any
     raw_params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    optional: bool = False   # skipped with a note (not an error) when none of its datasets is present
 
     def config(self) -> dict[str, Any]:
         """What identifies this entry's result (everything except the display id)."""
@@ -96,12 +98,16 @@ def _entry(raw: Any, where: str) -> BatteryEntry:
     for p in poolings:
         check_pooling(p)
     root = os.path.expandvars(str(raw["root"])) if raw.get("root") else None
+    if root and "$" in root:  # an unset variable: no root, so the dataset's own error explains what to set
+        root = None
     seed = raw.get("seed", 0)
     if not isinstance(seed, int):
         raise UserError(f"{where}: 'seed' must be an integer")
+    if not isinstance(raw.get("optional", False), bool):
+        raise UserError(f"{where}: 'optional' must be true or false")
     entry_id = str(raw.get("id") or f"{raw['task']}-{datasets[0]}")
     return BatteryEntry(entry_id, str(raw["task"]), datasets, root, splits, dict(max_samples), poolings,
-                        params, dict(params_raw), seed)
+                        params, dict(params_raw), seed, bool(raw.get("optional", False)))
 
 
 def load_battery(name_or_path: str) -> Battery:

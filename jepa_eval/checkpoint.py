@@ -63,13 +63,17 @@ def safe_torch_load(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        with open(path, "rb") as f:
+            magic = f.read(2)
+        if magic[:1] != b"\x80" and magic != b"PK":  # neither a pickle (protocol >= 2) nor torch's zip
+            raise UserError(f"{path} is not a PyTorch checkpoint (its bytes are not a pickle)") from None
         if "Weights only load failed" in str(e) or "weights_only" in str(e):
             reason = str(e).splitlines()
             hint = next((ln.strip() for ln in reason if "GLOBAL" in ln or "Unsupported" in ln), "")
             raise UserError(f"refusing to load {path}: its pickle asks to import or run code, which "
                             f"weights_only loading forbids ({hint or 'unsafe pickle'})") from None
         raise UserError(f"{path} is not a PyTorch checkpoint (unreadable pickle: {e})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - any other unpickler failure means "not a checkpoint"
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {first}") from None
 
@@ -199,6 +203,9 @@ def _load_timm(spec: str, weights: str | None, seed: int, **overrides: Any) -> C
             model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
         except TypeError as e:
             raise UserError(f"timm model '{name}' does not take these arguments {kwargs}: {e}") from None
+    size, patch = kwargs.get("img_size"), kwargs.get("patch_size")
+    if isinstance(size, int) and isinstance(patch, int) and size % patch:
+        raise UserError(f"image size {size} is not divisible by the patch size {patch}")
     meta: dict[str, Any] = {"source_format": "timm", "name": name, "timm_kwargs": kwargs}
     if weights:
         sd = safe_torch_load(weights)
@@ -218,11 +225,28 @@ def _load_timm(spec: str, weights: str | None, seed: int, **overrides: Any) -> C
     return Checkpoint(target_encoder=enc, encoder=enc, predictor=None, meta=meta)
 
 
+def _load_pixels(spec: str, img_size: int | None) -> Checkpoint:
+    """Raw pixels as a floor: 'pixels' or 'pixels:SIZE' (the image side the dataset is resized to)."""
+    from .timm_encoder import PixelTokens
+    size = spec.partition(":")[2]
+    if size and not size.isdigit():
+        raise UserError(f"bad pixels spec '{spec}': use 'pixels' or 'pixels:SIZE', e.g. pixels:32")
+    side = img_size or int(size or 32)
+    enc = PixelTokens()
+    meta = {"source_format": "pixels", "sha256": hashlib.sha256(f"pixels:{side}".encode()).hexdigest(),
+            "width": 3 * side * side, "depth": 0, "heads": None, "patch_size": side, "img_size": side,
+            "epoch": None, "has_predictor": False, "has_target_encoder": False, "has_context_encoder": False}
+    return Checkpoint(target_encoder=enc, encoder=enc, predictor=None, meta=meta)
+
+
 def load_checkpoint(spec: str | os.PathLike, weights: str | None = None, num_heads: int | None = None,
                     img_size: int | None = None, seed: int = 0, **timm_kwargs: Any) -> Checkpoint:
     """Load an official I-JEPA ``.pth.tar``, this suite's checkpoint, a plain encoder state dict,
-    or ``"timm:NAME[,key=value...]"`` (random init unless ``weights=PATH``; never downloads)."""
+    ``"timm:NAME[,key=value...]"`` (random init unless ``weights=PATH``; never downloads), or
+    ``"pixels[:SIZE]"`` (the flattened image, a baseline)."""
     spec_str = str(spec)
+    if spec_str == "pixels" or spec_str.startswith("pixels:"):
+        return _load_pixels(spec_str, img_size)
     if spec_str.startswith("timm:"):
         if img_size:
             timm_kwargs["img_size"] = img_size

@@ -39,17 +39,30 @@ class Features:
 
 
 def check_pooling(pooling: str) -> None:
-    if pooling not in ("lastPOOL", "tokens") and not re.fullmatch(r"concatPOOL[1-9]\d*", pooling):
-        raise UserError(f"unknown pooling '{pooling}'; use lastPOOL, concatPOOL4 (any N) or tokens")
+    if pooling not in ("lastPOOL", "tokens", "blocksPOOL") and not re.fullmatch(r"concatPOOL[1-9]\d*", pooling):
+        raise UserError(f"unknown pooling '{pooling}'; use lastPOOL, concatPOOL4 (any N), blocksPOOL or tokens")
+
+
+def num_blocks(encoder: nn.Module) -> int:
+    """Transformer depth of a JEPAViT or a wrapped timm ViT (what blocksPOOL stacks)."""
+    blocks = getattr(encoder, "blocks", None)
+    if blocks is None:
+        blocks = getattr(getattr(encoder, "model", None), "blocks", None)
+    if blocks is None:
+        raise UserError(f"blocksPOOL needs a transformer with blocks; {type(encoder).__name__} has none")
+    return len(blocks)
 
 
 def pool(encoder: nn.Module, images: torch.Tensor, pooling: str) -> torch.Tensor:
     """lastPOOL: mean of the final-norm tokens; concatPOOLn: concatenated means of the last n blocks,
-    each through the final norm; tokens: all patch tokens."""
+    each through the final norm; blocksPOOL: those means for every block stacked, [B, depth, D]
+    (per-layer analysis); tokens: all patch tokens."""
     if pooling == "lastPOOL":
         return encoder(images).mean(1)
     if pooling == "tokens":
         return encoder(images)
+    if pooling == "blocksPOOL":
+        return torch.stack([t.mean(1) for t in encoder.forward_last_blocks(images, num_blocks(encoder))], dim=1)
     n = int(pooling[len("concatPOOL"):])
     return torch.cat([t.mean(1) for t in encoder.forward_last_blocks(images, n)], dim=-1)
 
@@ -168,6 +181,12 @@ class FeatureCache:
             with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=cuda):
                 for images, _ in loader:
                     z = pool(encoder, images.to(device, non_blocking=cuda), pooling).float().cpu().numpy()
+                    if not np.isfinite(z).all():
+                        raise UserError(f"the encoder produced NaN/inf features for images {row}-{row + len(z) - 1}"
+                                        f" of {dataset.identity.get('dataset', 'the dataset')}: are the checkpoint"
+                                        f" weights damaged? Nothing was cached or recorded")
+                    if dtype == "float16" and np.abs(z).max() > 65000:
+                        raise UserError("features exceed the float16 range; extract with dtype float32")
                     out[row:row + len(z)] = z
                     row += len(z)
                     bar.update(len(z))

@@ -29,6 +29,8 @@ def record_id(fields: dict[str, Any]) -> str:
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
+    if os.environ.get("JEPA_EVAL_GIT_COMMIT"):  # set for submitted jobs, which run a copy of the code
+        return os.environ["JEPA_EVAL_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
                              capture_output=True, text=True, timeout=5)

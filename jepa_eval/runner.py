@@ -96,7 +96,7 @@ def resolve_dataset(entry: BatteryEntry, roots: dict[str, str]) -> tuple[str, Ba
     """The first of the entry's datasets that can be opened (with the CLI's --root overrides)."""
     errors = []
     for name in entry.datasets:
-        root = entry.root or roots.get(name)
+        root = roots.get(name) or entry.root  # the command line overrides the battery
         try:
             get_dataset(name, root, split=next(iter(entry.splits.values())), image_size=8)
             if root != entry.root:
@@ -114,19 +114,74 @@ def record_path(job: Job, ck: Checkpoint, entry: BatteryEntry, dataset: str) -> 
     return Path(job.out) / "records" / f"{safe}-{ck.meta['sha256'][:8]}" / f"{entry.id}-{job.encoder}-{rid}.json", rid
 
 
-def run_job(job: Job, checkpoint: Checkpoint | None = None, force: bool = False, progress: bool = True,
-            log: Callable[[str], None] = print) -> Path | None:
-    """Run one job unless its record exists; returns the record path (None if another process has it)."""
+def resolve_job(job: Job, ck: Checkpoint) -> tuple[Battery, BatteryEntry | None, str, Path, str]:
+    """The job's battery, entry (None when it asks for a context encoder the checkpoint lacks),
+    dataset name and record path/id."""
     battery = load_battery(job.battery)
     entry = next((e for e in battery.entries if e.id == job.entry_id), None)
     if entry is None:
         raise UserError(f"battery {job.battery} has no entry '{job.entry_id}'")
-    ck = checkpoint or load_checkpoint(job.spec)
     if job.encoder == "context" and not ck.meta.get("has_context_encoder", True):
-        log(f"skip   {job.label}: this checkpoint has no separate context encoder")
-        return None
-    dataset, entry = resolve_dataset(entry, job.roots)
+        return battery, None, "this checkpoint has no separate context encoder", Path(), ""
+    try:
+        dataset, entry = resolve_dataset(entry, job.roots)
+    except UserError as e:
+        if not entry.optional:
+            raise
+        return battery, None, f"optional entry, data absent ({e})", Path(), ""
     path, rid = record_path(job, ck, entry, dataset)
+    return battery, entry, dataset, path, rid
+
+
+def feature_needs(entry: BatteryEntry) -> list[tuple[str, str]]:
+    """The (role, pooling) feature sets an entry's task reads. A task may narrow them with a
+    ``feature_needs(entry)`` classmethod; by default it is every split role with every pooling."""
+    custom = getattr(TASKS.get(entry.task), "feature_needs", None)
+    if custom is not None:
+        return [(str(r), str(p)) for r, p in custom(entry)]
+    return [(role, pooling) for role in entry.splits for pooling in entry.poolings]
+
+
+def job_context(job: Job, ck: Checkpoint, progress: bool = True) -> TaskContext | None:
+    """The context a job's task would see (None for a context encoder the checkpoint lacks)."""
+    _, entry, dataset, path, _ = resolve_job(job, ck)
+    if entry is None:
+        return None
+    return TaskContext(ck, job.encoder, entry, dataset, FeatureCache(job.cache), path.with_suffix(".work"),
+                       seed=entry.seed, show_progress=progress)
+
+
+def feature_entry(ctx: TaskContext, role: str, pooling: str) -> Path:
+    """Where the cache keeps (or will keep) the features ``ctx.features(role, pooling)`` returns."""
+    fields = FeatureCache.key_fields(ctx.checkpoint.meta, ctx.encoder, pooling, ctx.dataset(role),
+                                     ctx.feature_dtype)
+    return ctx.cache.root / ctx.cache.key(fields)
+
+
+def extract_features(job: Job, needs: Iterable[tuple[str, str]] | None = None,
+                     checkpoint: Checkpoint | None = None, progress: bool = True,
+                     log: Callable[[str], None] = print) -> list[Features]:
+    """Fill the feature cache for one job (all its ``feature_needs`` or the given ones) without
+    running its task: launchers extract once per checkpoint and split, then run the probes."""
+    ck = checkpoint or load_checkpoint(job.spec)
+    ctx = job_context(job, ck, progress)
+    if ctx is None:
+        return []
+    found = []
+    for role, pooling in (needs if needs is not None else feature_needs(ctx.entry)):
+        log(f"feats  {job.label}: {role} split '{ctx.entry.splits[role]}', {pooling}")
+        found.append(ctx.features(role, pooling))
+    return found
+
+
+def run_job(job: Job, checkpoint: Checkpoint | None = None, force: bool = False, progress: bool = True,
+            log: Callable[[str], None] = print) -> Path | None:
+    """Run one job unless its record exists; returns the record path (None if another process has it)."""
+    ck = checkpoint or load_checkpoint(job.spec)
+    battery, entry, dataset, path, rid = resolve_job(job, ck)
+    if entry is None:
+        log(f"skip   {job.label}: {dataset}")  # the reason
+        return None
     if not force and read_record(path) is not None:
         log(f"done   {job.label} (record exists)")
         return path

@@ -45,3 +45,16 @@ class TimmTokens(nn.Module):
                 "patch_size": patch[0] if patch else None, "img_size": int(img[0]),
                 "epoch": None, "has_predictor": False, "has_target_encoder": False,
                 "has_context_encoder": False}
+
+
+class PixelTokens(nn.Module):
+    """Raw pixels through the encoder interface: one token holding the whole flattened image, so
+    ``lastPOOL`` is the image itself. It has a single "block": concatPOOLn equals lastPOOL."""
+
+    def forward(self, x: torch.Tensor, masks: Any = None) -> torch.Tensor:
+        if masks is not None:
+            raise ValueError("masked forward is only defined for I-JEPA encoders")
+        return x.flatten(1).unsqueeze(1)
+
+    def forward_last_blocks(self, x: torch.Tensor, n: int) -> list[torch.Tensor]:
+        return [self.forward(x)]

@@ -54,21 +54,29 @@ class MultiBlockMaskCollator:
     def _block(self, g: torch.Generator, size: tuple[int, int],
                allowed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """One block at a random position, restricted to ``allowed`` (a [H, W] 0/1 map) when given.
-        After 20 failed tries the restriction is dropped, as in the official sampler."""
+
+        A restricted block must keep more than ``min_keep`` tokens; after 20 tries the largest one seen
+        is taken. Unlike the official sampler, the restriction is never dropped, so a context block never
+        overlaps a target block (on small grids the official fallback would leak targets into the context)."""
         h, w = size
+        best: tuple[torch.Tensor, torch.Tensor] | None = None
         for tries in range(1000):
             top = int(torch.randint(0, self.height - h + 1, (1,), generator=g))
             left = int(torch.randint(0, self.width - w + 1, (1,), generator=g))
             block = torch.zeros(self.height, self.width, dtype=torch.int32)
             block[top:top + h, left:left + w] = 1
-            if allowed is not None and tries < 20:
-                block = block * allowed
-            idx = torch.nonzero(block.flatten()).squeeze(-1)
-            if len(idx) > self.cfg.min_keep or (allowed is None and len(idx) == h * w):
-                complement = torch.ones(self.height, self.width, dtype=torch.int32)
-                complement[top:top + h, left:left + w] = 0
+            complement = 1 - block
+            if allowed is None:
+                return torch.nonzero(block.flatten()).squeeze(-1), complement
+            idx = torch.nonzero((block * allowed).flatten()).squeeze(-1)
+            if len(idx) > self.cfg.min_keep:
                 return idx, complement
-        raise RuntimeError("could not sample a mask block; lower min_keep or the mask scales")
+            if best is None or len(idx) > len(best[0]):
+                best = idx, complement
+            if tries >= 19 and len(best[0]) > 0:
+                return best
+        raise RuntimeError("could not sample a context block outside the target blocks; "
+                           "lower the target mask scales or their number")
 
     def sample(self, batch_size: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)

@@ -30,19 +30,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=None, help="feature cache folder (default $JEPA_EVAL_CACHE or ~/.cache)")
     p.add_argument("--force", action="store_true", help="recompute records that already exist")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--launcher", choices=["inprocess"], default="inprocess",
-                   help="where jobs run (default: in this process)")
+    p.add_argument("--launcher", default="inprocess", metavar="{inprocess,local,slurm}",
+                   help="where jobs run: in this process (default), as submitit jobs on this machine "
+                        "(local) or as SLURM job arrays (slurm); see `jepa-eval status DIR`")
+    g = p.add_argument_group("submitted jobs (--launcher local|slurm)")
+    g.add_argument("--partition", help="SLURM partition (required for slurm)")
+    g.add_argument("--gpus-per-task", type=int, help="GPUs per job (required for slurm; 0 for none)")
+    g.add_argument("--cpus-per-task", type=int, help="CPU cores per job (required for slurm)")
+    g.add_argument("--timeout-min", type=int, help="time limit per job in minutes (required: never defaulted)")
+    g.add_argument("--array-parallelism", type=int, help="at most this many array tasks at once")
+    g.add_argument("--mem-gb", type=float, help="memory per job in GB (default: the partition's)")
+    g.add_argument("--wait", action="store_true", help="slurm: return only when every job has finished")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..results import load, summary_table
-    from ..runner import check_output_dir, default_cache_dir, plan, run_in_process
+    from ..launchers import LAUNCHERS, LaunchOptions
+    from ..runner import check_output_dir, default_cache_dir, plan
     out = Path(args.out)
     check_output_dir(out)
     encoders = ["target", "context"] if args.encoder == "both" else [args.encoder]
     jobs = plan(args.checkpoint, args.battery, out, args.cache or default_cache_dir(), encoders,
                 parse_roots(args.root))
-    run_in_process(jobs, force=args.force, progress=not args.no_progress)
+    options = LaunchOptions(**{k: getattr(args, k, None) for k in
+                               ("partition", "gpus_per_task", "cpus_per_task", "timeout_min",
+                                "array_parallelism", "mem_gb")}, wait=bool(getattr(args, "wait", False)))
+    finished = LAUNCHERS.get(args.launcher)().launch(jobs, out, options, force=args.force,
+                                                     progress=not args.no_progress)
+    if not finished:
+        return 0
     table = summary_table(load(out))
     if not table.empty:
         print(table.round(2).to_string(na_rep="—"))

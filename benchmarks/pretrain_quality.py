@@ -1,0 +1,173 @@
+"""Does a tiny I-JEPA learn anything? Train a pretraining config for a budget and compare k-NN and linear
+top-1 of the target encoder, the context encoder, the same architecture at random init and raw pixels.
+
+    PYTHONPATH=. python benchmarks/pretrain_quality.py --config tiny-fashion-mnist --eval-every 100
+
+Features are the mean of the last-block patch tokens (lastPOOL). The probes use a seeded class-stratified
+subset of the train split and of the test split. Training time excludes evaluation time."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jepa_eval.datasets import get_dataset  # noqa: E402
+from jepa_eval.probes.knn import knn_eval  # noqa: E402
+from pretrain.config import load_config  # noqa: E402
+from pretrain.data import build_dataset  # noqa: E402
+from pretrain.train import build_models, main  # noqa: E402
+
+
+def images(ds) -> tuple[torch.Tensor, np.ndarray]:
+    loader = torch.utils.data.DataLoader(ds, batch_size=512)
+    xs, ys = zip(*loader)
+    return torch.cat(xs), torch.cat(ys).numpy()
+
+
+@torch.no_grad()
+def pooled(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    inner = getattr(model, "module", model)
+    was = inner.training
+    inner.eval()
+    out = torch.cat([inner(b).mean(1) for b in x.split(512)]).float().numpy()
+    inner.train(was)
+    return out
+
+
+def probe(train: np.ndarray, ytr: np.ndarray, test: np.ndarray, yte: np.ndarray, k: int) -> dict[str, float]:
+    knn = knn_eval(train, ytr, test, yte, ks=(k,))[k]
+    scaler = StandardScaler().fit(train)
+    with warnings.catch_warnings():  # an unconverged lbfgs after 300 iterations is still a fair probe
+        warnings.simplefilter("ignore")
+        clf = LogisticRegression(max_iter=300, C=1.0).fit(scaler.transform(train), ytr)
+    linear = 100.0 * float((clf.predict(scaler.transform(test)) == yte).mean())
+    return {"knn": round(knn, 2), "linear": round(linear, 2)}
+
+
+def baselines(cfg, args: argparse.Namespace) -> tuple[dict, tuple]:
+    d = cfg.data
+    tr = get_dataset(d.dataset, d.root, "train", d.img_size, max_samples=args.train_samples, seed=1)
+    te = get_dataset(d.dataset, d.root, "test", d.img_size, max_samples=args.test_samples, seed=1)
+    xtr, ytr = images(tr)
+    xte, yte = images(te)
+    results: dict = {"config": args.config, "train_samples": len(ytr), "test_samples": len(yte), "k": args.k}
+    results["raw_pixels"] = probe(xtr.flatten(1).numpy(), ytr, xte.flatten(1).numpy(), yte, args.k)
+    random_target = build_models(cfg)[2]  # the exact initial weights of the run below
+    results["random_init"] = probe(pooled(random_target, xtr), ytr, pooled(random_target, xte), yte, args.k)
+    print(f"raw pixels {results['raw_pixels']}  random init {results['random_init']}", flush=True)
+    return results, (xtr, ytr, xte, yte)
+
+
+def evaluate_run(args: argparse.Namespace) -> dict:
+    """Probe every epoch checkpoint of a finished ``jepa-eval pretrain`` run (no training)."""
+    import csv
+    import re
+
+    from jepa_eval import load_checkpoint
+    from pretrain.config import config_from_dict
+    run_dir = Path(args.run)
+    files = sorted(run_dir.glob("*-ep*.pth.tar"), key=lambda p: int(re.search(r"-ep(\d+)", p.name).group(1)))
+    if not files:
+        files = sorted(run_dir.glob("*-latest.pth.tar"))
+    ck = load_checkpoint(files[-1])
+    cfg = config_from_dict(ck.meta["config"])
+    results, (xtr, ytr, xte, yte) = baselines(cfg, args)
+    with open(run_dir / "train-log.csv", newline="") as f:
+        log = list(csv.DictReader(f))
+    elapsed = {int(r["step"]): t for r, t in zip(log, np.cumsum([float(r["step_time"]) for r in log]))}
+    curve = []
+    for path in files:
+        ck = load_checkpoint(path)
+        step = int(torch.load(path, map_location="cpu", weights_only=True)["jepa_eval"]["step"])
+        row = {"step": step, "train_seconds": round(float(elapsed.get(step, float("nan"))), 1), "file": path.name}
+        for name, model in (("target", ck.target_encoder), ("context", ck.encoder)):
+            row[name] = probe(pooled(model, xtr), ytr, pooled(model, xte), yte, args.k)
+        curve.append(row)
+        print(json.dumps(row), flush=True)
+    seconds = float(sum(float(r["step_time"]) for r in log))
+    results.update(config=cfg.name, curve=curve, final=curve[-1], steps=len(log), train_seconds=round(seconds, 1),
+                   steps_per_s=round(len(log) / seconds, 2), out=str(run_dir))
+    return results
+
+
+def run(args: argparse.Namespace) -> dict:
+    overrides = {"epochs": args.epochs} if args.epochs else {}
+    results, (xtr, ytr, xte, yte) = baselines(load_config(args.config), args)
+    curve: list[dict] = []
+    clock = {"start": time.perf_counter(), "eval": 0.0}
+
+    def on_step(step: int, models: dict) -> None:
+        if step % args.eval_every and step != stop:
+            return
+        t0 = time.perf_counter()
+        row = {"step": step, "train_seconds": round(t0 - clock["start"] - clock["eval"], 1)}
+        for name, key in (("target", "target_encoder"), ("context", "encoder")):
+            row[name] = probe(pooled(models[key], xtr), ytr, pooled(models[key], xte), yte, args.k)
+        curve.append(row)
+        print(json.dumps(row), flush=True)
+        clock["eval"] += time.perf_counter() - t0
+
+    out = Path(args.out or tempfile.mkdtemp(prefix="pretrain-quality-"))
+    total = load_config(args.config, **({"optimization": overrides} if overrides else {}))
+    ipe = len(build_dataset(total.data)) // total.data.batch_size
+    stop = args.max_steps or int(total.optimization.ipe_scale * total.optimization.epochs * ipe)
+    summary = main(total, out, max_steps=args.max_steps, progress=not args.quiet, on_step=on_step)
+    train_seconds = summary["seconds"] - clock["eval"]
+    results.update(curve=curve, final=curve[-1] if curve else None, steps=summary["step"],
+                   train_seconds=round(train_seconds, 1), steps_per_s=round(summary["step"] / train_seconds, 2),
+                   out=str(out))
+    return results
+
+
+def report(r: dict) -> None:
+    f = r["final"]
+    print(f"\n{r['config']}: {r['steps']} steps in {r['train_seconds']} s ({r['steps_per_s']} steps/s); "
+          f"probes on {r['train_samples']} train / {r['test_samples']} test images, k = {r['k']}")
+    print(f"{'representation':<16}{'k-NN':>8}{'linear':>8}")
+    for name, acc in (("target encoder", f["target"]), ("context encoder", f["context"]),
+                      ("random init", r["random_init"]), ("raw pixels", r["raw_pixels"])):
+        print(f"{name:<16}{acc['knn']:>8.1f}{acc['linear']:>8.1f}")
+    print("\ncurve (train seconds: target k-NN / linear):")
+    for row in r["curve"]:
+        print(f"  step {row['step']:>5} {row['train_seconds']:>7.1f} s: "
+              f"{row['target']['knn']:.1f} / {row['target']['linear']:.1f}")
+
+
+def cli() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="tiny-fashion-mnist")
+    p.add_argument("--run", default=None, help="instead of training, probe the epoch checkpoints of this run folder")
+    p.add_argument("--epochs", type=int, default=None, help="override the config's epochs (sets schedules)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop early (schedules unchanged)")
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--train-samples", type=int, default=5000)
+    p.add_argument("--test-samples", type=int, default=2000)
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--out", default=None, help="checkpoint folder (default: a temporary one)")
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--threads", type=int, default=1, help="torch/faiss CPU threads (0: library default)")
+    args = p.parse_args()
+    if args.threads:  # OpenMP spinning makes 2 threads far slower than 1 on a busy shared CPU
+        import faiss
+        torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
+    r = evaluate_run(args) if args.run else run(args)
+    report(r)
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=1))
+
+
+if __name__ == "__main__":
+    cli()

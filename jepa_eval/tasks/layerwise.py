@@ -1,0 +1,61 @@
+"""Per-block probing: k-NN (or a fixed logistic regression) on the pooled output of every block."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..probes import knn_eval
+from ..task import Task, TaskResult, register_task
+
+
+def _linear_top1(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                 c: float, seed: int) -> float:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000, random_state=seed))
+    clf.fit(train_x, train_y)
+    return 100.0 * float((clf.predict(test_x) == test_y).mean())
+
+
+@register_task("layerwise")
+class LayerwiseTask(Task):
+    """Accuracy of every transformer block's mean-pooled output (blocksPOOL features)."""
+    poolings = ("blocksPOOL",)
+
+    @dataclass
+    class Params:
+        probe: str = "knn"         # knn | linear
+        k: int = 20
+        temperature: float = 0.07
+        C: float = 1.0             # linear only; fixed, not selected (the curve's shape is the point)
+
+        def validate(self) -> str | None:
+            if self.probe not in ("knn", "linear"):
+                return "probe must be 'knn' or 'linear'"
+            if self.k < 1 or self.temperature <= 0 or self.C <= 0:
+                return "k, temperature and C must be positive"
+            return None
+
+    def run(self, ctx) -> TaskResult:
+        from ..errors import UserError
+        pooling = ctx.poolings[0]
+        if pooling != "blocksPOOL":
+            raise UserError(f"layerwise reads per-block features: set pooling: blocksPOOL, not {pooling}")
+        train, test = ctx.features("train", pooling), ctx.features("test", pooling)
+        p = self.params
+        curve = []
+        for block in ctx.progress(range(train.x.shape[1]), desc=f"layerwise {p.probe}"):
+            tr = np.asarray(train.x[:, block], dtype=np.float32)
+            te = np.asarray(test.x[:, block], dtype=np.float32)
+            if p.probe == "knn":
+                acc = knn_eval(tr, train.y, te, test.y, ks=[p.k], temperature=p.temperature)[p.k]
+            else:
+                acc = _linear_top1(tr, train.y, te, test.y, p.C, ctx.seed)
+            curve.append(acc)
+        # the primary number is the last block: picking the best block on the test split would be selection
+        metrics = {"top1_last": curve[-1], **{f"top1_block{i}": v for i, v in enumerate(curve)}}
+        return TaskResult(metrics=metrics, details={
+            "probe": p.probe, "blocks": list(range(len(curve))), "top1": curve,
+            "n_train": len(train.y), "n_test": len(test.y), "pooling": pooling})
