@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -164,3 +165,17 @@ def test_browser_check_catches_broken_pages(tmp_path, chromium):
     assert any("boom" in e for e in page.errors)
     assert any("undefinedFunction" in e for e in page.errors)
     assert page.images[0]["natural"] == [0, 0]
+
+
+def test_report_check_flag_in_a_fresh_process(results, tmp_path, chromium):
+    """`report --check` from a clean process (only fds 0-2 open: the DevTools pipe must still work)."""
+    import os
+    import sys
+    out = tmp_path / "rep"
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": repo, "PATH": os.path.dirname(chromium) + os.pathsep + os.environ["PATH"]}
+    proc = subprocess.run([sys.executable, "-m", "jepa_eval", "report", "--results", str(results), "--out", str(out),
+                           "--check"], capture_output=True, text=True, env=env, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "no console errors" in proc.stdout
+    assert (out / "screenshot.png").read_bytes()[:4] == b"\x89PNG"
