@@ -74,7 +74,7 @@ def test_watch_once_evaluates_complete_checkpoints_and_resumes(tmp_path, battery
     assert "run/jepa-ep3 [target]" in (out / "report" / "report.md").read_text()
 
 
-def test_watch_skips_a_file_being_written(tmp_path, battery, capsys):
+def test_watch_skips_a_file_being_written(tmp_path):
     from jepa_eval.commands.watch import settled
     f = tmp_path / "jepa-ep1.pth.tar"
     f.write_bytes(b"x" * 10)

@@ -140,7 +140,9 @@ def metadata_table(records: list[dict[str, Any]]) -> pd.DataFrame:
         row = rows.setdefault(key, {
             "checkpoint": key[0], "encoder": key[2], "sha256": str(ck.get("sha256") or "")[:16],
             "source format": meta.get("source_format", ""), "epoch": meta.get("epoch"),
-            "architecture": _arch(meta), "poolings": set(), "chosen": {}})  # entry -> distinct choices
+            "architecture": _arch(meta), "poolings": set(), "eval time (s)": 0.0,
+            "chosen": {}})  # entry -> distinct choices
+        row["eval time (s)"] += float(rec.get("wall_time_s") or 0.0)
         row["poolings"].update(str(rec.get("pooling") or "").split(","))
         text = _fmt_chosen(rec.get("chosen"))
         if text:
@@ -153,9 +155,10 @@ def metadata_table(records: list[dict[str, Any]]) -> pd.DataFrame:
         row["chosen hyperparameters"] = "; ".join(
             f"{entry}: {' | '.join(choices)}" for entry, choices in row.pop("chosen").items()) or MISSING
         row["epoch"] = MISSING if row["epoch"] is None else row["epoch"]
+        row["eval time (s)"] = f"{row['eval time (s)']:.1f}"
         out.append(row)
     cols = ["checkpoint", "encoder", "sha256", "source format", "epoch", "architecture", "poolings",
-            "chosen hyperparameters"]
+            "chosen hyperparameters", "eval time (s)"]
     return pd.DataFrame(out, columns=cols)
 
 
