@@ -1,0 +1,35 @@
+"""Determinism on CPU: the same checkpoint, battery and seed give the same numbers run to run."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from _reliability import SPEC, cli_inprocess, knn_entry, records, write_battery
+
+
+def run_fresh(tmp_path, capsys, battery, name):
+    """One run with its own output folder and its own (empty) feature cache: everything is recomputed."""
+    out, cache = tmp_path / name, tmp_path / f"{name}-cache"
+    code, _, err = cli_inprocess(capsys, ["run", "--checkpoint", SPEC, "--battery", battery, "--out", out,
+                                          "--cache", cache, "--no-progress"])
+    assert code == 0, err
+    recs = {json.loads(p.read_text())["entry"]: json.loads(p.read_text()) for p in records(out)}
+    feats = {p.parent.name: np.load(p) for p in cache.glob("*/features.npy")}
+    return recs, feats
+
+
+def test_same_seed_same_numbers(tmp_path, capsys):
+    seeded = [knn_entry(entry_id=f"knn-seed{s}", train=200, test=100, extra=f"seed: {s}") for s in (0, 1)]
+    battery = write_battery(tmp_path / "b.yaml", *seeded)
+    first, feats1 = run_fresh(tmp_path, capsys, battery, "a")
+    second, feats2 = run_fresh(tmp_path, capsys, battery, "b")
+    assert first.keys() == second.keys() == {"knn-seed0", "knn-seed1"}
+    for entry in first:
+        assert first[entry]["metrics"] == second[entry]["metrics"], entry
+        assert first[entry]["record_id"] == second[entry]["record_id"]
+    assert feats1.keys() == feats2.keys() and len(feats1) == 4  # (train, test) x two seeded subsets
+    for key in feats1:
+        assert np.array_equal(feats1[key], feats2[key]), key
+    # the seed is not ignored: it draws another subset, hence other features
+    assert len({f.tobytes() for f in feats1.values()}) == 4
