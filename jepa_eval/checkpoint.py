@@ -70,7 +70,9 @@ def safe_torch_load(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported operand" in str(e):  # not pickle at all (e.g. a text file)
+        with open(path, "rb") as f:
+            magic = f.read(2)
+        if magic[:1] != b"\x80" and magic != b"PK":  # neither a pickle (protocol >= 2) nor torch's zip
             raise UserError(f"{path} is not a PyTorch checkpoint (its bytes are not a pickle)") from None
         if "Weights only load failed" in str(e) or "weights_only" in str(e):
             reason = str(e).splitlines()

@@ -141,3 +141,9 @@ def test_schedules_and_weight_decay_groups() -> None:
         if p.requires_grad:
             assert (id(p) in no_wd) == (name.endswith(".bias") or p.ndim == 1), name
     assert all(id(p) not in no_wd for p in opt.param_groups[0]["params"])
+
+
+def test_masks_command_draws_png(tmp_path) -> None:
+    out = tmp_path / "masks.png"
+    assert cli(["masks", "--config", "tiny-digits", "--out", str(out), "--n", "3"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 2000
