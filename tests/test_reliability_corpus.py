@@ -139,6 +139,25 @@ def folder_battery(d: Path, **kw) -> list:
     return run_args(d, SPEC, write_battery(d / "folder.yaml", entry))
 
 
+def lowshot_subset_file(d: Path) -> list:
+    root = d / "folder"
+    for split in ("train", "val"):
+        for c, cls in enumerate(("ant", "bee")):
+            for i in range(4):
+                png(root / split / cls / f"{cls}_{i}.png", 60 * c + 10 * i)
+    subset = d / "1percent.txt"
+    subset.write_text("ant_0.png\nant_1.png\nbee_0.png\nbee_7.png\nbee_8.png\n")  # bee_7, bee_8: absent
+    entry = (f"task: lowshot\ndataset: imagefolder\nroot: {root}\nsplits: {{train: train, test: val}}\n"
+             f"params: {{subset_files: ['{subset}'], n_folds: 2}}")
+    return run_args(d, SPEC, write_battery(d / "lowshot.yaml", entry))
+
+
+def lowshot_too_many_shots(d: Path) -> list:
+    # 40 digits, class-stratified: 4 images per class, but 12 are asked for
+    entry = "task: lowshot\ndataset: digits\nmax_samples: {train: 40, test: 20}\nparams: {k_per_class: 12}"
+    return run_args(d, SPEC, write_battery(d / "lowshot.yaml", entry))
+
+
 def clevr(d: Path, drop_scenes: bool = False, drop_pixel_coords: bool = False) -> list:
     from jepa_eval.cli import main
     root = d / "clevr"
@@ -214,6 +233,12 @@ CASES = [
     Case("corrupt-jpeg", lambda d: folder_battery(d, broken=True), r"corrupt or unreadable image .*bee9\.jpg",
          "fail (not skip): the extraction stops at the file, names it and asks to remove or replace it; "
          "nothing is cached or recorded", check=no_feature_entry),
+    Case("lowshot-subset-names-absent-images", lowshot_subset_file,
+         r"2 of 5 images of 1percent\.txt are not in the training split \(first: bee_7\.png\)",
+         "refused; names the subset file, how many images are absent and the first one"),
+    Case("lowshot-more-shots-than-images", lowshot_too_many_shots,
+         r"k_per_class is 12 but class '\d' has only 4 training images \(10 classes have fewer than 12\)",
+         "refused (it used to take all images of such a class silently); names the class"),
     Case("clevr-without-scenes-json", lambda d: clevr(d, drop_scenes=True),
          r"CLEVR scenes file not found: .*CLEVR_train_scenes\.json", "refused; says how to render or get one"),
     Case("clevr-scene-without-pixel-coords", lambda d: clevr(d, drop_pixel_coords=True),

@@ -192,3 +192,44 @@ def test_kill_during_report_writing_keeps_the_old_report_whole(tmp_path, capsys)
         else:
             assert got[name] == want[name], name
     assert b"47.5" in got["results.csv"]
+
+
+# ---------------------------------------------------------------- probe training
+LINEAR = """task: linear
+id: linear
+dataset: digits
+max_samples: {train: 400, test: 100}
+pooling: lastPOOL
+params: {lrs: [0.01, 0.1], wds: [0.0, 0.0005], norms: [none, bn], epochs: 6, batch_size: 32}"""
+
+
+def test_kill_during_probe_training_resumes_from_the_last_epoch(tmp_path, capsys, monkeypatch):
+    import jepa_eval.probes.linear as linear_mod
+    battery = write_battery(tmp_path / "b.yaml", LINEAR)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = ["run", "--checkpoint", SPEC, "--battery", battery, "--out", out, "--cache", cache, "--no-progress"]
+    proc = cli_popen(args, tmp_path / "killed.log")
+    try:
+        state = wait_for(lambda: next(out.glob("records/*/*.work/linear-lastPOOL.pt"), None), proc,
+                         what="the first probe epoch")
+        wait_for(lambda: block_writes_to(state.with_name(f".{state.name}.{proc.pid}.tmp")), proc, what="the FIFO")
+    finally:
+        kill9(proc)
+    done = torch.load(state, map_location="cpu", weights_only=True)["epoch"]
+    assert 1 <= done < 6 and not records(out)
+    half_written(state.with_name(f".{state.name}.{proc.pid}.tmp"), b"PK\x03\x04")
+
+    saved = []
+    real_save = linear_mod.save_state
+    monkeypatch.setattr(linear_mod, "save_state", lambda path, st: (saved.append(st["epoch"]), real_save(path, st)))
+    code, _, err = cli_inprocess(capsys, args)
+    assert code == 0, err
+    assert saved == list(range(done + 1, 7))   # it went on from the saved epoch
+    assert not state.parent.exists()           # the scratch folder goes once the record is written
+
+    code, _, err = cli_inprocess(capsys, ["run", "--checkpoint", SPEC, "--battery", battery, "--out",
+                                          tmp_path / "ref", "--cache", cache, "--no-progress"])
+    assert code == 0, err
+    got, want = (json.loads(records(o)[0].read_text()) for o in (out, tmp_path / "ref"))
+    assert got["metrics"] == want["metrics"] and got["chosen"] == want["chosen"]
+    assert got["details"]["grid"] == want["details"]["grid"]
