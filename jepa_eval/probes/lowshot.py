@@ -32,13 +32,20 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def k_per_class_subset(y: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Sorted row indices of ``k`` random images per class (all of a class that has fewer)."""
+def k_per_class_subset(y: np.ndarray, k: int, seed: int, classes: Sequence[str] | None = None) -> np.ndarray:
+    """Sorted row indices of ``k`` random images per class. A class with fewer than ``k`` images is an
+    error: a "k-shot" number computed with fewer shots for some classes would be mislabelled."""
     if k < 1:
         raise UserError(f"k_per_class must be positive, got {k}")
+    labels, counts = np.unique(y, return_counts=True)
+    if counts.min() < k:
+        c = int(labels[np.argmin(counts)])
+        name = f"'{classes[c]}'" if classes is not None and c < len(classes) else str(c)
+        raise UserError(f"k_per_class is {k} but class {name} has only {counts.min()} training images "
+                        f"({int((counts < k).sum())} classes have fewer than {k}); lower k_per_class or "
+                        f"use more training images")
     rng = np.random.default_rng(seed)
-    rows = [rng.choice(np.flatnonzero(y == c), size=min(k, int((y == c).sum())), replace=False)
-            for c in np.unique(y)]
+    rows = [rng.choice(np.flatnonzero(y == c), size=k, replace=False) for c in labels]
     return np.sort(np.concatenate(rows))
 
 

@@ -48,7 +48,8 @@ class LowShotTask(Task):
                 subsets = [subset_from_file(os.path.expandvars(f), names, train.classes, y) for f in p.subset_files]
                 sources = [os.path.basename(os.path.expandvars(f)) for f in p.subset_files]
             else:
-                subsets = [k_per_class_subset(y, p.k_per_class, ctx.seed * 1000 + s) for s in range(p.seeds)]
+                subsets = [k_per_class_subset(y, p.k_per_class, ctx.seed * 1000 + s, train.classes)
+                           for s in range(p.seeds)]
                 sources = [f"seed{ctx.seed * 1000 + s}" for s in range(p.seeds)]
             res = lowshot_eval(train.x, y, test.x, test.y, subsets, p.lambdas, p.n_folds, ctx.seed,
                                max(len(train.classes), int(y.max()) + 1), ctx.device, p.max_iter)
