@@ -12,6 +12,7 @@ import json
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,25 +48,64 @@ def pooled(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
 def probe(train: np.ndarray, ytr: np.ndarray, test: np.ndarray, yte: np.ndarray, k: int) -> dict[str, float]:
     knn = knn_eval(train, ytr, test, yte, ks=(k,))[k]
     scaler = StandardScaler().fit(train)
-    clf = LogisticRegression(max_iter=500, C=1.0).fit(scaler.transform(train), ytr)
+    with warnings.catch_warnings():  # an unconverged lbfgs after 300 iterations is still a fair probe
+        warnings.simplefilter("ignore")
+        clf = LogisticRegression(max_iter=300, C=1.0).fit(scaler.transform(train), ytr)
     linear = 100.0 * float((clf.predict(scaler.transform(test)) == yte).mean())
     return {"knn": round(knn, 2), "linear": round(linear, 2)}
 
 
-def run(args: argparse.Namespace) -> dict:
-    overrides = {"epochs": args.epochs} if args.epochs else {}
-    cfg = load_config(args.config)
+def baselines(cfg, args: argparse.Namespace) -> tuple[dict, tuple]:
     d = cfg.data
     tr = get_dataset(d.dataset, d.root, "train", d.img_size, max_samples=args.train_samples, seed=1)
     te = get_dataset(d.dataset, d.root, "test", d.img_size, max_samples=args.test_samples, seed=1)
     xtr, ytr = images(tr)
     xte, yte = images(te)
     results: dict = {"config": args.config, "train_samples": len(ytr), "test_samples": len(yte), "k": args.k}
+    if args.no_baselines:  # e.g. when comparing runs of one architecture, whose baselines are known
+        return results, (xtr, ytr, xte, yte)
     results["raw_pixels"] = probe(xtr.flatten(1).numpy(), ytr, xte.flatten(1).numpy(), yte, args.k)
     random_target = build_models(cfg)[2]  # the exact initial weights of the run below
     results["random_init"] = probe(pooled(random_target, xtr), ytr, pooled(random_target, xte), yte, args.k)
     print(f"raw pixels {results['raw_pixels']}  random init {results['random_init']}", flush=True)
+    return results, (xtr, ytr, xte, yte)
 
+
+def evaluate_run(args: argparse.Namespace) -> dict:
+    """Probe every epoch checkpoint of a finished ``jepa-eval pretrain`` run (no training)."""
+    import csv
+    import re
+
+    from jepa_eval import load_checkpoint
+    from pretrain.config import config_from_dict
+    run_dir = Path(args.run)
+    files = sorted(run_dir.glob("*-ep*.pth.tar"), key=lambda p: int(re.search(r"-ep(\d+)", p.name).group(1)))
+    if not files:
+        files = sorted(run_dir.glob("*-latest.pth.tar"))
+    ck = load_checkpoint(files[-1])
+    cfg = config_from_dict(ck.meta["config"])
+    results, (xtr, ytr, xte, yte) = baselines(cfg, args)
+    with open(run_dir / "train-log.csv", newline="") as f:
+        log = list(csv.DictReader(f))
+    elapsed = {int(r["step"]): t for r, t in zip(log, np.cumsum([float(r["step_time"]) for r in log]))}
+    curve = []
+    for path in files:
+        ck = load_checkpoint(path)
+        step = int(torch.load(path, map_location="cpu", weights_only=True)["jepa_eval"]["step"])
+        row = {"step": step, "train_seconds": round(float(elapsed.get(step, float("nan"))), 1), "file": path.name}
+        for name, model in (("target", ck.target_encoder), ("context", ck.encoder)):
+            row[name] = probe(pooled(model, xtr), ytr, pooled(model, xte), yte, args.k)
+        curve.append(row)
+        print(json.dumps(row), flush=True)
+    seconds = float(sum(float(r["step_time"]) for r in log))
+    results.update(config=cfg.name, curve=curve, final=curve[-1], steps=len(log), train_seconds=round(seconds, 1),
+                   steps_per_s=round(len(log) / seconds, 2), out=str(run_dir))
+    return results
+
+
+def run(args: argparse.Namespace) -> dict:
+    overrides = {"epochs": args.epochs} if args.epochs else {}
+    results, (xtr, ytr, xte, yte) = baselines(load_config(args.config), args)
     curve: list[dict] = []
     clock = {"start": time.perf_counter(), "eval": 0.0}
 
@@ -97,8 +137,9 @@ def report(r: dict) -> None:
     print(f"\n{r['config']}: {r['steps']} steps in {r['train_seconds']} s ({r['steps_per_s']} steps/s); "
           f"probes on {r['train_samples']} train / {r['test_samples']} test images, k = {r['k']}")
     print(f"{'representation':<16}{'k-NN':>8}{'linear':>8}")
-    for name, acc in (("target encoder", f["target"]), ("context encoder", f["context"]),
-                      ("random init", r["random_init"]), ("raw pixels", r["raw_pixels"])):
+    rows = [("target encoder", f["target"]), ("context encoder", f["context"])]
+    rows += [(n, r[k]) for n, k in (("random init", "random_init"), ("raw pixels", "raw_pixels")) if k in r]
+    for name, acc in rows:
         print(f"{name:<16}{acc['knn']:>8.1f}{acc['linear']:>8.1f}")
     print("\ncurve (train seconds: target k-NN / linear):")
     for row in r["curve"]:
@@ -109,6 +150,7 @@ def report(r: dict) -> None:
 def cli() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="tiny-fashion-mnist")
+    p.add_argument("--run", default=None, help="instead of training, probe the epoch checkpoints of this run folder")
     p.add_argument("--epochs", type=int, default=None, help="override the config's epochs (sets schedules)")
     p.add_argument("--max-steps", type=int, default=None, help="stop early (schedules unchanged)")
     p.add_argument("--eval-every", type=int, default=100)
@@ -118,8 +160,14 @@ def cli() -> None:
     p.add_argument("--out", default=None, help="checkpoint folder (default: a temporary one)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--no-baselines", action="store_true", help="skip the raw-pixel and random-init probes")
+    p.add_argument("--threads", type=int, default=1, help="torch/faiss CPU threads (0: library default)")
     args = p.parse_args()
-    r = run(args)
+    if args.threads:  # OpenMP spinning makes 2 threads far slower than 1 on a busy shared CPU
+        import faiss
+        torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
+    r = evaluate_run(args) if args.run else run(args)
     report(r)
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=1))

@@ -15,6 +15,7 @@ tasks:
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,6 +25,14 @@ import yaml
 
 from .errors import UserError, did_you_mean
 from .task import TASKS, build_params
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; batteries are full of such rates, so read them as floats."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
 
 ENTRY_KEYS = {"task", "id", "dataset", "root", "splits", "max_samples", "pooling", "params", "seed", "optional"}
 
@@ -109,7 +118,7 @@ def load_battery(name_or_path: str) -> Battery:
         raise UserError(f"unknown battery '{name_or_path}'{did_you_mean(name_or_path, builtin)}; "
                         f"shipped: {', '.join(sorted(builtin))} (or give a YAML path)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as e:
         raise UserError(f"battery {path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), list) or not raw["tasks"]:

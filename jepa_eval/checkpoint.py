@@ -60,10 +60,19 @@ def safe_torch_load(path: str | Path) -> Any:
         raise UserError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise UserError(f"checkpoint path is a directory, not a file: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (or, before torch 1.6, a binary pickle): anything else, e.g. a text
+    # file, would otherwise reach the unpickler and fail with a message about its opcodes
+    if not head.startswith((b"PK", b"\x80")):
+        what = "it is empty" if not head else f"it starts with {head!r}, not a zip archive or a pickle"
+        raise UserError(f"{path} is not a PyTorch checkpoint ({what})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported operand" in str(e):  # not pickle at all (e.g. a text file)
+        with open(path, "rb") as f:
+            magic = f.read(2)
+        if magic[:1] != b"\x80" and magic != b"PK":  # neither a pickle (protocol >= 2) nor torch's zip
             raise UserError(f"{path} is not a PyTorch checkpoint (its bytes are not a pickle)") from None
         if "Weights only load failed" in str(e) or "weights_only" in str(e):
             reason = str(e).splitlines()
@@ -166,6 +175,8 @@ def predictor_from_state_dict(sd: dict[str, torch.Tensor], num_heads: int, what:
     if absent:
         raise UserError(f"{what} is not an I-JEPA predictor: missing {', '.join(absent)}")
     pred_dim, width = sd["predictor_embed.weight"].shape
+    if pred_dim % num_heads:  # the predictor uses the encoder's head count
+        raise UserError(f"{what}: predictor width {pred_dim} is not divisible by the encoder's {num_heads} heads")
     depth = _block_count(sd, "predictor_blocks.")
     hidden = sd["predictor_blocks.0.mlp.fc1.weight"].shape[0] if depth else 4 * pred_dim
     model = JEPAPredictor(sd["predictor_pos_embed"].shape[1], embed_dim=width, predictor_embed_dim=pred_dim,

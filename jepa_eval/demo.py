@@ -25,11 +25,6 @@ from .errors import UserError
 DEMO_CONFIG = "tiny-fashion-mnist"
 
 
-def demo_checkpoint() -> Path:
-    """The shipped demo weights (official layout), trained by the suite itself; see assets/demo/README.md."""
-    return Path(__file__).resolve().parent / "assets" / "demo" / "jepa-demo.pth.tar"
-
-
 def _stage(title: str) -> float:
     print(f"\n==> {title}", flush=True)
     return time.time()
@@ -61,9 +56,8 @@ def random_init_checkpoint(path: Path, config: str = DEMO_CONFIG, seed: int = 0)
 def run(out: Path, report: Path, quick: bool = False) -> dict:
     t_start = time.time()
     timings: dict[str, float] = {}
-    ck = demo_checkpoint()
-    if not ck.is_file():
-        raise UserError(f"the shipped demo checkpoint is missing: {ck}")
+    from .assets import demo_checkpoint_path
+    ck = demo_checkpoint_path()
     from .datasets.builtin import fashion_mnist_available
     data = "fashion-mnist" if fashion_mnist_available() else "digits"
     print(f"demo: data = {data}; work folder {out}; report {report}")

@@ -157,6 +157,8 @@ class FeatureCache:
             num_workers = min(8, os.cpu_count() or 1) if cuda else 0
         partial = entry.with_name(entry.name + ".partial")
         partial.mkdir(exist_ok=True)
+        for stale in partial.glob(".*.tmp"):  # left by a writer killed mid-write; we hold the entry's lock
+            stale.unlink(missing_ok=True)
         state_file = partial / "progress.json"
         n = len(dataset)
         done = json.loads(state_file.read_text())["done"] if state_file.exists() else 0

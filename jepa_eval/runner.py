@@ -192,8 +192,10 @@ def run_job(job: Job, checkpoint: Checkpoint | None = None, force: bool = False,
     except Timeout:
         log(f"busy   {job.label}: another process is running it")
         return None
+    written = False
     try:
         if not force and read_record(path) is not None:  # finished by someone while we waited
+            written = True
             return path
         log(f"run    {job.label} on {dataset}")
         task = TASKS.get(entry.task)(entry.params)
@@ -213,17 +215,23 @@ def run_job(job: Job, checkpoint: Checkpoint | None = None, force: bool = False,
             "metrics": result.metrics, "chosen": result.chosen, "selected_on": result.selected_on,
             "details": result.details, "seed": entry.seed, "git_commit": git_commit(),
             "versions": versions(), "wall_time_s": round(time.time() - t0, 3)}
-        write_record(path, record)
+        try:
+            write_record(path, record)
+        except OSError as e:  # disk full, quota, file size limit: write_record removed its temporary file
+            raise UserError(f"could not write the record {path}: {e.strerror or e}; nothing was recorded "
+                            f"(rerun to compute it again)") from None
+        written = True
         if workdir.exists():
             import shutil
             shutil.rmtree(workdir, ignore_errors=True)
         return path
     finally:
         lock.release()
-        try:
-            os.unlink(lock.lock_file)
-        except OSError:
-            pass
+        if written:  # a process that claimed this lock file meanwhile finds the record and stops; after a
+            try:     # failure the file stays, so two processes can never hold two different lock files
+                os.unlink(lock.lock_file)
+            except OSError:
+                pass
 
 
 def plan(specs: list[str], battery_ref: str, out: str | os.PathLike, cache: str | os.PathLike,

@@ -11,8 +11,8 @@ def make_record(out: Path, name: str, entry: str, metrics: dict[str, float], *, 
                 task: str = "knn", dataset: str = "digits", seed: int = 0, epoch: int | None = None,
                 chosen: dict[str, Any] | None = None, selected_on: str | None = None,
                 details: dict[str, Any] | None = None, pooling: str = "lastPOOL",
-                source_format: str = "ijepa-official") -> Path:
-    sha = record_id({"ckpt": name})  # a stable fake hash per checkpoint
+                source_format: str = "ijepa-official", sha_seed: str | None = None) -> Path:
+    sha = record_id({"ckpt": sha_seed or name})  # a stable fake hash per checkpoint file
     rid = record_id({"sha": sha, "entry": entry, "encoder": encoder, "seed": seed, "dataset": dataset})
     rec = {"schema": SCHEMA, "record_id": rid, "created": "2026-01-01T00:00:00+00:00",
            "checkpoint": {"spec": f"/runs/{name}.pth.tar", "name": name, "sha256": sha * 4,

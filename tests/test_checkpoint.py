@@ -8,7 +8,7 @@ import torch
 
 from jepa_eval import UserError, load_checkpoint
 from jepa_eval.models import JEPAViT, sincos_pos_embed_2d
-from tests import ijepa_reference as ref
+import ijepa_reference as ref
 
 HEADS = 4
 

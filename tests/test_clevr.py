@@ -171,25 +171,25 @@ def test_depths_reach_every_dist_bin():
 
 
 def test_make_clevr_deterministic_and_readable(tmp_path, capsys):
-    args = ["make-clevr", "--n-train", "20", "--n-val", "4", "--size", "48", "--seed", "5"]
+    args = ["make-clevr", "--n-train", "12", "--n-val", "3", "--size", "48", "--seed", "5"]
     assert main([*args, "--out", str(tmp_path / "a"), "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "Count classes" in out and "Dist classes" in out and "(0, 8]" in out
     assert main([*args, "--out", str(tmp_path / "b"), "--workers", "2"]) == 0
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert len(files) == 20 + 4 + 2
+    assert len(files) == 12 + 3 + 2
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
-    write_split(tmp_path / "c", "val", 4, 48, seed=6, supersample=2)
+    write_split(tmp_path / "c", "val", 3, 48, seed=6, supersample=2)
     assert (tmp_path / "c/images/val/CLEVR_val_000000.png").read_bytes() != \
         (tmp_path / "a/images/val/CLEVR_val_000000.png").read_bytes()
     scenes = json.loads((tmp_path / "a/scenes/CLEVR_train_scenes.json").read_text())["scenes"]
-    assert [s["image_index"] for s in scenes] == list(range(20))
+    assert [s["image_index"] for s in scenes] == list(range(12))
     assert all({"pixel_coords", "3d_coords", "shape", "color", "size", "material", "rotation"} <= set(o)
                for s in scenes for o in s["objects"])
-    # the histogram lines printed for the train split add up to its 20 scenes
+    # the histogram lines printed for the train split add up to its 12 scenes
     hist = out.split("train Count classes (objects):\n")[1].split("\ntrain Dist")[0]
-    assert sum(int(line.split()[1]) for line in hist.splitlines()) == 20
+    assert sum(int(line.split()[1]) for line in hist.splitlines()) == 12
     for name in ("clevr-count", "clevr-dist"):
         ds = get_dataset(name, str(tmp_path / "a"), "trainval", image_size=32)
         expect = [count_label(len(s["objects"])) if name == "clevr-count" else
@@ -198,4 +198,4 @@ def test_make_clevr_deterministic_and_readable(tmp_path, capsys):
         x, y = ds[3]
         assert x.shape == (3, 32, 32) and y == expect[3]
         assert Image.open(ds.files[3]).size == image_shape(48)
-    assert len(get_dataset("clevr-count", str(tmp_path / "a"), "test")) == 4
+    assert len(get_dataset("clevr-count", str(tmp_path / "a"), "test")) == 3

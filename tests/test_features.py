@@ -9,7 +9,7 @@ from jepa_eval import UserError, load_checkpoint
 from jepa_eval.checkpoint import Checkpoint
 from jepa_eval.datasets import get_dataset
 from jepa_eval.features import FeatureCache, pool
-from tests import ijepa_reference as ref
+import ijepa_reference as ref
 
 SPEC = "timm:vit_tiny_patch16_224,img_size=16,patch_size=8,depth=2"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -52,6 +53,7 @@ def test_pivot_aggregates_repeats_and_keeps_missing_cells(results):
     assert text.loc["run1/jepa-ep20 [context]", "knn (top1_k20)"] == "44.00"
     # single runs have no std
     assert text.loc["ijepa-vitb [target]", "knn (top1_k20)"] == "55.50"
+    assert text.loc["run1/jepa-ep20 [target]", "cka (cka_first_last)"] == "0.400"  # 3 decimals below 10
     # the paper's CLEVR/Count numbers land under the matching column, marked published, and nowhere else
     pub = text.loc["I-JEPA ViT-H/14 (published)"]
     assert pub[col] == "86.70" and (pub.drop(col) == "—").all()
@@ -64,6 +66,17 @@ def test_same_record_twice_counts_once(results):
     assert int(agg["n"].max()) == 3
 
 
+def test_same_name_different_weights_are_not_repeats(tmp_path):
+    r = tmp_path / "r"
+    # jepa-latest is rewritten every epoch: same display name, different files
+    for epoch, v in ((5, 30.0), (6, 50.0)):
+        make_record(r, "run1/jepa-latest", "knn", {"top1_k20": v}, epoch=epoch,
+                    sha_seed=f"latest-{epoch}")
+    agg = aggregate(load(r))
+    assert sorted(agg["model"]) == ["run1/jepa-latest (ep 5) [target]", "run1/jepa-latest (ep 6) [target]"]
+    assert list(agg["n"]) == [1, 1]
+
+
 def test_report_command_writes_all_outputs(results, tmp_path, capsys):
     out = tmp_path / "reports" / "t"
     assert main(["report", "--results", str(results), "--out", str(out), "--title", "T"]) == 0
@@ -73,6 +86,8 @@ def test_report_command_writes_all_outputs(results, tmp_path, capsys):
     assert "(published)" in md and "fine-tuned" in md.lower()
     # repeats chose differently: every distinct choice is listed ("|" escaped inside a Markdown table)
     assert "linear-clevr-count: lr=0.01 (selected on train-holdout) \\| lr=0.02" in md
+    meta_row = next(line for line in md.splitlines() if line.startswith("| ijepa-vitb | target |"))
+    assert meta_row.rstrip(" |").endswith("4.0")  # eval time: 3 linear seeds + 1 knn, 1 s each
     for name in ("bars", "by_epoch", "layerwise", "cka"):
         assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert f"figures/{name}.png" in md
@@ -129,7 +144,7 @@ def test_html_renders_in_chromium(results, tmp_path, chromium):
     page = check_page(paths.html, screenshot=shot, chromium=chromium)
     assert page.title == "Browser check"
     assert page.errors == [] and page.requests == []  # no console errors, nothing fetched from outside
-    assert [t["cols"] for t in page.tables] == [5, 5, 8]  # results, published, checkpoints
+    assert [t["cols"] for t in page.tables] == [5, 5, 9]  # results, published, checkpoints
     assert page.tables[0]["rows"] == 4 + 7 and all(t["height"] > 50 for t in page.tables)
     assert page.tables[0]["missing"] > 0
     assert len(page.images) == 4
@@ -152,3 +167,17 @@ def test_browser_check_catches_broken_pages(tmp_path, chromium):
     assert any("boom" in e for e in page.errors)
     assert any("undefinedFunction" in e for e in page.errors)
     assert page.images[0]["natural"] == [0, 0]
+
+
+def test_report_check_flag_in_a_fresh_process(results, tmp_path, chromium):
+    """`report --check` from a clean process (only fds 0-2 open: the DevTools pipe must still work)."""
+    import os
+    import sys
+    out = tmp_path / "rep"
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": repo, "PATH": os.path.dirname(chromium) + os.pathsep + os.environ["PATH"]}
+    proc = subprocess.run([sys.executable, "-m", "jepa_eval", "report", "--results", str(results), "--out", str(out),
+                           "--check"], capture_output=True, text=True, env=env, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "no console errors" in proc.stdout
+    assert (out / "screenshot.png").read_bytes()[:4] == b"\x89PNG"

@@ -35,6 +35,10 @@ class ImageDataset(torch.utils.data.Dataset):
     def load_image(self, index: int) -> Image.Image:
         raise NotImplementedError
 
+    def file_names(self) -> list[str] | None:
+        """Image file names in row order (for subset files), or None when images are not files."""
+        return None
+
     def __len__(self) -> int:
         return len(self.targets)
 
@@ -51,6 +55,10 @@ class SubsetDataset(ImageDataset):
 
     def load_image(self, index: int) -> Image.Image:
         return self.base.load_image(int(self.indices[index]))
+
+    def file_names(self) -> list[str] | None:
+        names = self.base.file_names()
+        return None if names is None else [names[i] for i in self.indices]
 
 
 def limit(ds: ImageDataset, n: int | None, seed: int = 0) -> ImageDataset:

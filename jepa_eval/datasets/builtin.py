@@ -112,6 +112,9 @@ class FolderDataset(ImageDataset):
             raise UserError(f"corrupt or unreadable image {path}: {e}; remove or replace it") from None
         return img
 
+    def file_names(self) -> list[str]:
+        return [p.name for p in self.files]
+
 
 @register_dataset("imagefolder")
 def imagefolder(root: str | None = None, split: str = "train") -> ImageDataset:

@@ -21,8 +21,9 @@ LATEST = "jepa-latest.pth.tar"
 
 
 class PretrainJob(Checkpointable):
-    """Calls ``entry(config=..., out=..., resume=PATH|None, **overrides)`` in every task.
-    ``entry`` is ``"module:function"`` (default ``pretrain.train:main``)."""
+    """Calls ``entry(config=..., out=..., resume=bool, progress=False, **overrides)`` in every task;
+    ``entry`` is ``"module:function"`` (default ``pretrain.train:main``, which resumes from
+    ``OUT/jepa-latest.pth.tar`` when ``resume`` is true)."""
 
     def __init__(self, config: str, out: str, overrides: dict[str, Any] | None = None,
                  entry: str = "pretrain.train:main") -> None:
@@ -31,9 +32,8 @@ class PretrainJob(Checkpointable):
     def main_kwargs(self) -> dict[str, Any]:
         """What the entry point gets: the checkpoint to resume from is looked up at start, so a
         requeued job picks up the latest one the previous run wrote."""
-        latest = Path(self.out) / LATEST
-        return {"config": self.config, "out": self.out, "resume": str(latest) if latest.exists() else None,
-                **self.overrides}
+        return {"config": self.config, "out": self.out, "resume": (Path(self.out) / LATEST).is_file(),
+                "progress": False, **self.overrides}
 
     def __call__(self) -> Any:
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False)  # MASTER_ADDR, RANK, ...

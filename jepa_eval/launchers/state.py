@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -82,11 +83,20 @@ def _slurm_states(jobs: list[dict[str, Any]]) -> dict[str, str]:
         if j["launcher"] == "slurm":
             SlurmJob(j["folder"], j["job_id"])  # registers the id with the shared watcher
     watcher.clear()  # finished states are cached, but a requeue can revive a job: ask afresh
-    try:
-        watcher.update()
-    except Exception:  # sacct missing or failing: fall back on result pickles
-        return {}
-    return {i: watcher.get_state(i, mode="cache").split()[0] for i in ids}
+    watcher.update()  # logs and carries on when sacct fails
+    states = {i: watcher.get_state(i, mode="cache").split()[0] for i in ids}
+    unknown = sorted({i.split("_")[0] for i, st in states.items() if st == "UNKNOWN"})
+    if unknown:  # accounting lags a few seconds behind sbatch; slurmctld already knows the job
+        try:
+            out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(unknown)],
+                                 capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        for line in out.splitlines():
+            job_id, _, st = line.partition("|")
+            if states.get(job_id) == "UNKNOWN" and st:
+                states[job_id] = st.strip()
+    return states
 
 
 def _pid_alive(pid: str) -> bool:

@@ -68,7 +68,7 @@ class SubmititLauncher(Launcher):
         if not todo_f and not todo_p:
             print(f"nothing to submit: {busy} job(s) still pending/running" if busy else
                   "nothing to submit: every record exists", file=sys.stderr)
-            return not busy
+            return self.finish(out, options) if busy else True
         snapshot = snapshot_code(folder)
         with clean_env():  # a submission from inside a job must not inherit its SLURM_*/SUBMITIT_* vars
             submitted = self.submit(todo_f, todo_p, active, folder, options, snapshot, out)

@@ -10,7 +10,8 @@ from ..errors import UserError
 
 
 def _normalized(x: np.ndarray, start: int, stop: int) -> np.ndarray:
-    block = np.ascontiguousarray(x[start:stop], dtype=np.float32)
+    # always a private copy: a float32 input would otherwise be normalized in the caller's array
+    block = np.array(x[start:stop], dtype=np.float32, copy=True, order="C")
     if not np.isfinite(block).all():
         raise UserError("features contain NaN or inf values; refusing to evaluate them")
     block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)

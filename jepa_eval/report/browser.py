@@ -107,8 +107,11 @@ def check_page(html_path: str | os.PathLike, screenshot: str | os.PathLike | Non
     out_r, out_w = os.pipe()
 
     def child_fds() -> None:  # the protocol's fixed descriptors: 3 = commands in, 4 = replies out
-        high_r, high_w = fcntl.fcntl(cmd_r, fcntl.F_DUPFD, 10), fcntl.fcntl(out_w, fcntl.F_DUPFD, 10)
-        os.dup2(high_r, 3)  # via high copies, so neither dup2 clobbers the other pipe's end
+        # via close-on-exec high copies, so neither dup2 clobbers the other pipe's end; dup2 makes
+        # 3 and 4 inheritable, every other descriptor of ours is close-on-exec (Python's default)
+        high_r = fcntl.fcntl(cmd_r, fcntl.F_DUPFD_CLOEXEC, 10)
+        high_w = fcntl.fcntl(out_w, fcntl.F_DUPFD_CLOEXEC, 10)
+        os.dup2(high_r, 3)
         os.dup2(high_w, 4)
 
     with tempfile.TemporaryDirectory(prefix="jepa-eval-chromium-") as profile:
@@ -116,7 +119,7 @@ def check_page(html_path: str | os.PathLike, screenshot: str | os.PathLike | Non
                 "--no-first-run", "--no-default-browser-check", "--disable-extensions",
                 "--remote-debugging-pipe", f"--user-data-dir={profile}", "about:blank"]
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, preexec_fn=child_fds, pass_fds=(3, 4))
+                                stderr=subprocess.DEVNULL, preexec_fn=child_fds, close_fds=False)
         os.close(cmd_r)
         os.close(out_w)
         pipe = _Pipe(proc, cmd_w, out_r)

@@ -31,6 +31,21 @@ def _write(path: Path, data: str | bytes) -> None:
     os.replace(tmp, path)  # a browser refreshing the report never sees half a file
 
 
+def _remove_stale_temp_files(folders: Iterable[Path]) -> None:
+    """Temporary files of a report process killed mid-write (those of a live process are kept)."""
+    for folder in folders:
+        for tmp in folder.glob(".*.*.tmp"):
+            pid = tmp.name.rsplit(".", 2)[-2]
+            if not pid.isdigit():
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
 def build_report(results: Iterable[str | os.PathLike], out: str | os.PathLike,
                  title: str = "jepa-eval report") -> ReportPaths:
     dirs = [Path(d) for d in results]
@@ -40,6 +55,7 @@ def build_report(results: Iterable[str | os.PathLike], out: str | os.PathLike,
         raise UserError(f"no result records under {', '.join(map(str, dirs))}; run `jepa-eval run` first")
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_files([out, out / "figures"])
     published = load_published()
     agg = aggregate(df)
     _, display = pivot(agg, published)

@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-MAX_HEATMAPS = 6
+MAX_HEATMAPS = 9
 
 
 @dataclass
@@ -51,10 +51,12 @@ def bars(agg: pd.DataFrame) -> list[ReportFigure]:
     """One panel per task column: the primary metric of each checkpoint/encoder, std as error bars."""
     if agg.empty:
         return []
+    from .tables import order_models
     columns = list(dict.fromkeys(agg["column"]))
+    rank = {m: i for i, m in enumerate(order_models(agg))}  # the same row order as the table
     fig, axes = _grid(len(columns), height=max(2.4, 0.32 * agg["model"].nunique() + 1.2))
     for ax, col in zip(axes, columns):
-        sub = agg[agg["column"] == col]
+        sub = agg[agg["column"] == col].sort_values("model", key=lambda s: s.map(rank))
         y = np.arange(len(sub))
         ax.barh(y, sub["mean"], xerr=sub["std"].fillna(0), color="#4C72B0", capsize=3, height=0.6)
         ax.set_ylim(len(sub) - 0.5, -0.5) if len(sub) > 1 else ax.set_ylim(-1, 1)
@@ -70,11 +72,11 @@ def bars(agg: pd.DataFrame) -> list[ReportFigure]:
 
 def by_epoch(agg: pd.DataFrame) -> list[ReportFigure]:
     """Primary metric against pretraining epoch for checkpoints of a run folder (jepa-ep{N})."""
-    runs = agg[agg["checkpoint"].astype(str).str.contains(r"/jepa-(?:ep\d+|latest)$", regex=True)]
+    runs = agg[agg["checkpoint"].astype(str).str.contains(r"/jepa-(?:ep\d+|latest)(?: .*)?$", regex=True)]
     runs = runs[pd.to_numeric(runs["epoch"], errors="coerce").notna()]
     if runs.empty or runs["epoch"].nunique() < 2:
         return []
-    runs = runs.assign(run=runs["checkpoint"].str.replace(r"/jepa-(ep\d+|latest)$", "", regex=True),
+    runs = runs.assign(run=runs["checkpoint"].str.replace(r"/jepa-(ep\d+|latest)( .*)?$", "", regex=True),
                        epoch=pd.to_numeric(runs["epoch"]))
     # a curve needs two epochs of one run: drop tasks that were evaluated at a single epoch only
     span = runs.groupby(["column", "run", "encoder"])["epoch"].nunique()
@@ -106,12 +108,13 @@ def layerwise(records: list[dict[str, Any]]) -> list[ReportFigure]:
     entries = list(dict.fromkeys(r["entry"] for r in recs))
     fig, axes = _grid(len(entries))
     for ax, entry in zip(axes, entries):
-        for r in (r for r in recs if r["entry"] == entry):
+        mine = [r for r in recs if r["entry"] == entry]
+        for r in mine:
             d = r["details"]
             ax.plot(d["blocks"], d["top1"], marker="o", label=_short(f"{r['checkpoint']['name']} [{r['encoder']}]"))
         ax.set_xlabel("block")
-        ax.set_ylabel(f"top-1 ({recs[0]['details'].get('probe', 'knn')}) %")
-        ax.set_title(f"{entry} on {r['dataset']}", fontsize=10)
+        ax.set_ylabel(f"top-1 ({mine[0]['details'].get('probe', 'knn')}) %")
+        ax.set_title(f"{entry} on {mine[0]['dataset']}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return [ReportFigure("layerwise", "Accuracy of every block",
@@ -121,11 +124,10 @@ def layerwise(records: list[dict[str, Any]]) -> list[ReportFigure]:
 def cka(records: list[dict[str, Any]]) -> list[ReportFigure]:
     """Heatmaps of linear CKA (block x block, and against reference checkpoints) from ``cka`` records."""
     panels = []
-    for r in (r for r in records if r.get("task") == "cka"):
-        name = f"{r['checkpoint']['name']} [{r['encoder']}]"
-        for kind in ("layers", "models"):
-            if kind in r.get("details", {}):
-                panels.append((f"{_short(name, 30)}: {kind}", r["details"][kind]))
+    for kind in ("layers", "models"):  # every block x block map first, then the model comparisons
+        for r in (r for r in records if r.get("task") == "cka" and kind in r.get("details", {})):
+            name = f"{r['checkpoint']['name']} [{r['encoder']}]"
+            panels.append((f"{_short(name, 30)}: {kind}", r["details"][kind]))
     if not panels:
         return []
     shown = panels[:MAX_HEATMAPS]

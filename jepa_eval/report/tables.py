@@ -27,10 +27,10 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
             "mean", "std", "n", "source"]
     if prim.empty:
         return pd.DataFrame(columns=cols)
-    prim = prim.assign(model=[model_label(c, e) for c, e in zip(prim["checkpoint"], prim["encoder"])],
-                       column=prim["entry"] + " (" + prim["metric"] + ")",
+    prim = prim.assign(checkpoint=_distinct_names(prim), column=prim["entry"] + " (" + prim["metric"] + ")",
                        value=pd.to_numeric(prim["value"], errors="coerce"))
-    keys = ["model", "checkpoint", "encoder", "entry", "metric", "column"]
+    prim = prim.assign(model=[model_label(c, e) for c, e in zip(prim["checkpoint"], prim["encoder"])])
+    keys = ["model", "checkpoint", "sha256", "encoder", "entry", "metric", "column"]
     agg = (prim.groupby(keys, sort=False, dropna=False)
            .agg(mean=("value", "mean"), std=("value", "std"), n=("value", "size"),
                 epoch=("epoch", "first"), task=("task", "first"),
@@ -41,11 +41,26 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     return agg[cols]
 
 
-def _order_models(agg: pd.DataFrame) -> list[str]:
+def _distinct_names(prim: pd.DataFrame) -> pd.Series:
+    """Checkpoint names made unique per weights: records of different files that share a name
+    (jepa-latest rewritten every epoch, two runs' best.pth) are different rows, never repeats."""
+    per_name = prim.groupby("checkpoint").agg(shas=("sha256", "nunique"), epochs=("epoch", "nunique"))
+    clash = set(per_name.index[per_name["shas"] > 1])
+    by_epoch = set(per_name.index[per_name["shas"] == per_name["epochs"]])  # epochs tell them apart
+
+    def name(c: str, sha: str, epoch) -> str:
+        if c not in clash:
+            return c
+        return f"{c} (ep {int(epoch)})" if c in by_epoch and pd.notna(epoch) else f"{c} @{str(sha)[:8]}"
+    names = [name(c, s, e) for c, s, e in zip(prim["checkpoint"], prim["sha256"], prim["epoch"])]
+    return pd.Series(names, index=prim.index)
+
+
+def order_models(agg: pd.DataFrame) -> list[str]:
     first = agg.drop_duplicates("model")
     epoch = pd.to_numeric(first["epoch"], errors="coerce").fillna(-1)
-    run = first["checkpoint"].astype(str).str.replace(r"/jepa-(ep\d+|latest)$", "", regex=True)
-    latest = first["checkpoint"].astype(str).str.endswith("/jepa-latest")
+    run = first["checkpoint"].astype(str).str.replace(r"/jepa-(ep\d+|latest)( .*)?$", "", regex=True)
+    latest = first["checkpoint"].astype(str).str.contains("/jepa-latest")
     enc = first["encoder"].map({"target": 0, "context": 1}).fillna(2)  # the paper's encoder first
     order = first.assign(_run=run, _latest=latest, _epoch=epoch, _enc=enc).sort_values(
         ["_run", "_latest", "_epoch", "_enc", "model"], kind="stable")
@@ -55,9 +70,10 @@ def _order_models(agg: pd.DataFrame) -> list[str]:
 def format_cell(mean: float, std: float, n: int) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return MISSING
+    digits = 2 if abs(mean) >= 10 else 3  # accuracies in percent vs CKA-like values in [0, 1]
     if n and n > 1:
-        return f"{mean:.2f} ± {std:.2f} (n={int(n)})"
-    return f"{mean:.2f}"
+        return f"{mean:.{digits}f} ± {std:.{digits}f} (n={int(n)})"
+    return f"{mean:.{digits}f}"
 
 
 def load_published() -> dict[str, Any]:
@@ -83,7 +99,7 @@ def published_rows(columns: list[dict[str, str]], published: dict[str, Any]) -> 
 def pivot(agg: pd.DataFrame, published: dict[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(numbers, display): models x columns; every model and column kept, absent cells NaN / "—".
     Published rows (when a benchmark matches a column) are appended below the measured ones."""
-    models, columns = _order_models(agg), list(dict.fromkeys(agg["column"]))
+    models, columns = order_models(agg), list(dict.fromkeys(agg["column"]))
     long = agg[["model", "column", "mean", "std", "n"]]
     if published is not None and columns:
         info = agg.drop_duplicates("column")[["column", "task", "entry", "dataset"]].to_dict("records")
@@ -120,11 +136,13 @@ def metadata_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     for rec in records:
         ck = rec.get("checkpoint", {})
         meta = ck.get("meta", {})
-        key = (str(ck.get("name")), str(rec.get("encoder")))
+        key = (str(ck.get("name")), str(ck.get("sha256")), str(rec.get("encoder")))
         row = rows.setdefault(key, {
-            "checkpoint": key[0], "encoder": key[1], "sha256": str(ck.get("sha256") or "")[:16],
+            "checkpoint": key[0], "encoder": key[2], "sha256": str(ck.get("sha256") or "")[:16],
             "source format": meta.get("source_format", ""), "epoch": meta.get("epoch"),
-            "architecture": _arch(meta), "poolings": set(), "chosen": {}})  # entry -> distinct choices
+            "architecture": _arch(meta), "poolings": set(), "eval time (s)": 0.0,
+            "chosen": {}})  # entry -> distinct choices
+        row["eval time (s)"] += float(rec.get("wall_time_s") or 0.0)
         row["poolings"].update(str(rec.get("pooling") or "").split(","))
         text = _fmt_chosen(rec.get("chosen"))
         if text:
@@ -137,9 +155,10 @@ def metadata_table(records: list[dict[str, Any]]) -> pd.DataFrame:
         row["chosen hyperparameters"] = "; ".join(
             f"{entry}: {' | '.join(choices)}" for entry, choices in row.pop("chosen").items()) or MISSING
         row["epoch"] = MISSING if row["epoch"] is None else row["epoch"]
+        row["eval time (s)"] = f"{row['eval time (s)']:.1f}"
         out.append(row)
     cols = ["checkpoint", "encoder", "sha256", "source format", "epoch", "architecture", "poolings",
-            "chosen hyperparameters"]
+            "chosen hyperparameters", "eval time (s)"]
     return pd.DataFrame(out, columns=cols)
 
 

@@ -18,7 +18,7 @@ class CKATask(Task):
     @dataclass
     class Params:
         # checkpoint specs to compare with (their target encoder), or the words 'target'/'context'
-        # for this checkpoint's other encoder
+        # for that encoder of this checkpoint (skipped when it is the one being evaluated)
         references: list[str] = field(default_factory=list)
 
     def _reference(self, ctx, ref: str, pooling: str) -> tuple[str, np.ndarray]:
@@ -46,9 +46,11 @@ class CKATask(Task):
                    if depth > 1 else 1.0}
         details = {"n": len(blocks[0]), "pooling": pooling,
                    "layers": {"labels": [f"block {i}" for i in range(depth)], "matrix": layers.tolist()}}
-        if self.params.references:
+        # the encoder being evaluated is not its own reference (a battery lists both words for both runs)
+        refs = [r for r in self.params.references if r != ctx.encoder]
+        if refs:
             names, reps = [f"this [{ctx.encoder}]"], [blocks[-1]]
-            for ref in self.params.references:
+            for ref in refs:
                 name, rep = self._reference(ctx, ref, pooling)
                 names.append(name)
                 reps.append(rep)

@@ -1,0 +1,266 @@
+"""DDPM training of the RCDM decoder on frozen target-encoder representations.
+
+Resumable: ``state.pt`` holds the step, weights, EMA, optimizer and LR schedule; the image order, the
+masks and the noise of a step are all seeded by (seed, step), so a resumed run takes the same path as an
+uninterrupted one. The EMA weights are what ``decoder.pt`` holds and what samples are drawn with."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from tqdm.auto import tqdm
+
+from pretrain.masks import MaskConfig, MultiBlockMaskCollator
+
+from ..errors import UserError
+from .features import conditioning_batch
+from .model import DecoderSpec, RCDMDecoder, UNetConfig, save_decoder
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 8          # images per step; the decoder sees batch_size x npred crops in region mode
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    max_steps: int = 1000
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    sample_every: int = 250      # write a sample grid every N steps (and at the end)
+    save_every: int = 100        # write state.pt and decoder.pt every N steps (and at the end)
+    ddim_steps: int = 50
+    grid_size: int = 8           # crops per sample grid
+    max_samples: int | None = None
+    num_workers: int = 0
+    seed: int = 0
+
+
+@dataclass
+class DecoderConfig:
+    size: int
+    condition: str
+    unet: UNetConfig
+    train: TrainConfig
+    masks: MaskConfig
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+
+
+def _make(cls: type, d: dict | None, where: str) -> Any:
+    d = dict(d or {})
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown:
+        raise UserError(f"unknown keys in decoder config [{where}]: {', '.join(sorted(unknown))}")
+    if cls is MaskConfig:
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return cls(**d)
+
+
+def load_config(name_or_path: str = "cpu", **overrides: Any) -> DecoderConfig:
+    """A packaged config (``cpu``, ``gpu``) or a YAML file; ``overrides`` replace train/top-level keys."""
+    path = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise UserError(f"decoder config '{name_or_path}' is neither a packaged config ({', '.join(names)}) "
+                        f"nor a file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"unreadable decoder config {path}: {e}") from None
+    unknown = set(raw) - {"size", "condition", "unet", "train", "masks", "diffusion"}
+    if unknown:
+        raise UserError(f"unknown keys in decoder config {path}: {', '.join(sorted(unknown))}")
+    train = _make(TrainConfig, raw.get("train"), "train")
+    for k, v in overrides.items():
+        if v is not None and k not in ("size", "condition"):
+            setattr(train, k, v)
+    diffusion = raw.get("diffusion") or {}
+    cfg = DecoderConfig(size=int(overrides.get("size") or raw.get("size", 32)),
+                        condition=overrides.get("condition") or raw.get("condition", "region"),
+                        unet=_make(UNetConfig, raw.get("unet"), "unet"), train=train,
+                        masks=_make(MaskConfig, raw.get("masks"), "masks"),
+                        num_train_timesteps=int(diffusion.get("num_train_timesteps", 1000)),
+                        beta_schedule=str(diffusion.get("beta_schedule", "squaredcos_cap_v2")))
+    if cfg.condition not in ("region", "image"):
+        raise UserError(f"condition must be 'region' or 'image', not '{cfg.condition}'")
+    if train.max_steps < 1 or train.batch_size < 1:
+        raise UserError("max_steps and batch_size must be positive")
+    return cfg
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def ddim_sample(model: RCDMDecoder, cond: torch.Tensor, steps: int = 50,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0) samples in [-1, 1], one per conditioning row."""
+    from diffusers import DDIMScheduler
+    spec = model.spec
+    sched = DDIMScheduler(num_train_timesteps=spec.num_train_timesteps, beta_schedule=spec.beta_schedule)
+    sched.set_timesteps(steps)
+    x = torch.randn(len(cond), 3, spec.size, spec.size, generator=generator, device=cond.device)
+    for t in sched.timesteps:
+        eps = model(x, t.expand(len(cond)).to(cond.device), cond)
+        x = sched.step(eps, t, x).prev_sample
+    return x.clamp(-1, 1)
+
+
+class StepBatches:
+    """Index batches for steps ``start..stop-1``, each drawn from a generator seeded by (seed, step)."""
+
+    def __init__(self, n: int, batch: int, seed: int, start: int, stop: int) -> None:
+        self.n, self.batch, self.seed, self.start, self.stop = n, batch, seed, start, stop
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.stop):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            yield torch.randperm(self.n, generator=g)[:self.batch].tolist()
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def _spec_for(cfg: DecoderConfig, ck: Any, dataset: Any) -> DecoderSpec:
+    meta = ck.meta
+    extra = {"checkpoint_sha256": meta.get("sha256"), "checkpoint": meta.get("path") or meta.get("name"),
+             "encoder_img_size": int(meta["img_size"]), "patch_size": int(meta["patch_size"]),
+             "dataset": getattr(dataset, "identity", {}), "masks": asdict(cfg.masks), "seed": cfg.train.seed}
+    return DecoderSpec(size=cfg.size, cond_dim=int(meta["width"]), unet=cfg.unet, condition=cfg.condition,
+                       num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule, extra=extra)
+
+
+def _write_grid(path: Path, real: torch.Tensor, fake: torch.Tensor) -> None:
+    from torchvision.utils import save_image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(torch.cat([real, fake]).add(1).div(2), path, nrow=len(real), padding=1)
+
+
+def train_decoder(ck: Any, dataset: Any, out: str | Path, cfg: DecoderConfig, resume: bool = False,
+                  device: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train (or resume) a decoder in ``out``; returns a summary (steps, seconds, last loss, paths)."""
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel
+    out = Path(out)
+    state_path = out / "state.pt"
+    if state_path.exists() and not resume:
+        raise UserError(f"{out} already holds a decoder run; pass --resume to continue it or choose another --out")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tc = cfg.train
+    spec = _spec_for(cfg, ck, dataset)
+    patch, enc_size = spec.extra["patch_size"], spec.extra["encoder_img_size"]
+    grid = enc_size // patch
+    if cfg.masks.min_keep > grid * grid:
+        raise UserError(f"masks.min_keep={cfg.masks.min_keep} exceeds the encoder's {grid}x{grid} patch grid")
+    encoder = ck.target_encoder.to(device).eval().requires_grad_(False)
+
+    torch.manual_seed(tc.seed)  # decoder init
+    model = RCDMDecoder(spec).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    warm = max(tc.warmup_steps, 1)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    ema = EMAModel(model.parameters(), decay=tc.ema_decay)
+    ddpm = DDPMScheduler(num_train_timesteps=spec.num_train_timesteps, beta_schedule=spec.beta_schedule)
+    step = 0
+    if state_path.exists():
+        from ..checkpoint import safe_torch_load
+        state = safe_torch_load(state_path)
+        saved = DecoderSpec.from_json(state["spec"])
+        if saved.extra.get("checkpoint_sha256") != spec.extra["checkpoint_sha256"] or saved.size != spec.size \
+                or saved.cond_dim != spec.cond_dim or saved.condition != spec.condition:
+            raise UserError(f"{out} was trained with another checkpoint, size or condition; "
+                            f"use a new --out for this one")
+        spec = saved
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        lr_sched.load_state_dict(state["lr_sched"])
+        ema.load_state_dict(state["ema"])
+        ema.to(device)
+        step = int(state["step"])
+        log(f"resuming {out} at step {step}")
+    if step >= tc.max_steps:
+        log(f"{out} already trained for {step} >= max_steps={tc.max_steps} steps")
+
+    collator = MultiBlockMaskCollator(enc_size, patch, cfg.masks, seed=tc.seed)
+    # a fixed batch for the sample grids, masks from a separate stream
+    grid_collator = MultiBlockMaskCollator(enc_size, patch, cfg.masks, seed=tc.seed + 1)
+    n_grid_img = max(1, -(-tc.grid_size // (cfg.masks.npred if cfg.condition == "region" else 1)))
+    grid_imgs = torch.stack([dataset[i][0] for i in range(min(n_grid_img, len(dataset)))]).to(device)
+    g_cond, g_pix, _ = conditioning_batch(encoder, grid_imgs, grid_collator.sample(len(grid_imgs))[1],
+                                          patch, spec.size, cfg.condition)
+    g_cond, g_pix = g_cond[:tc.grid_size], g_pix[:tc.grid_size]
+
+    def checkpoint_files() -> None:
+        atomic_save({"step": step, "spec": spec.to_json(), "model": model.state_dict(), "opt": opt.state_dict(),
+                     "lr_sched": lr_sched.state_dict(), "ema": ema.state_dict(), "train": asdict(tc)}, state_path)
+        save_decoder(ema_model(), out)
+
+    def ema_model() -> RCDMDecoder:
+        m = copy.deepcopy(model)
+        ema.copy_to(m.parameters())
+        return m.eval()
+
+    def write_samples() -> Path:
+        g = torch.Generator(device).manual_seed(tc.seed)
+        path = out / "samples" / f"step_{step:06d}.png"
+        _write_grid(path, g_pix.cpu(), ddim_sample(ema_model(), g_cond, tc.ddim_steps, g).cpu())
+        return path
+
+    out.mkdir(parents=True, exist_ok=True)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=StepBatches(len(dataset), tc.batch_size, tc.seed,
+                                                                            step, tc.max_steps),
+                                         num_workers=tc.num_workers)
+    t0, losses, last = time.time(), [], None
+    bar = tqdm(total=tc.max_steps, initial=step, desc="decoder", unit="step", dynamic_ncols=True)
+    model.train()
+    with open(out / "train_log.jsonl", "a") as logf:
+        for images, _ in loader:
+            collator.load_state_dict({"step": step, "seed": tc.seed})
+            images = images.to(device, non_blocking=True)
+            cond, pix, _ = conditioning_batch(encoder, images, collator.sample(len(images))[1], patch,
+                                              spec.size, cfg.condition)
+            g = torch.Generator(device).manual_seed(tc.seed * 1_000_003 + step + 7)
+            noise = torch.randn(pix.shape, generator=g, device=device)
+            t = torch.randint(0, spec.num_train_timesteps, (len(pix),), generator=g, device=device)
+            loss = F.mse_loss(model(ddpm.add_noise(pix, noise, t), t, cond), noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            lr_sched.step()
+            ema.step(model.parameters())
+            step += 1
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+            if step % 10 == 0 or step == tc.max_steps:
+                logf.write(json.dumps({"step": step, "loss": sum(losses[-10:]) / len(losses[-10:]),
+                                       "lr": lr_sched.get_last_lr()[0], "seconds": time.time() - t0}) + "\n")
+                logf.flush()
+            if step % tc.save_every == 0 or step == tc.max_steps:
+                checkpoint_files()
+            if step % tc.sample_every == 0 or step == tc.max_steps:
+                last = write_samples()
+                model.train()
+    bar.close()
+    if not (out / "decoder.pt").exists():
+        checkpoint_files()
+    seconds = time.time() - t0
+    return {"steps": step, "seconds": seconds, "loss": sum(losses[-50:]) / len(losses[-50:]) if losses else None,
+            "out": str(out), "last_grid": str(last) if last else None}

@@ -1,0 +1,211 @@
+"""Linear probing with a whole grid of heads trained at once.
+
+Every head of {linear, BatchNorm + linear} x learning rates x weight decays lives in one stacked weight
+tensor, so one mini-batch updates all of them with a single batched matmul and the features are read
+once per epoch. The BatchNorm is MAE's (``affine=False``, eps 1e-6): its output does not depend on the
+head, so it is computed once per batch and shared by every BN head. Heads are selected on a seeded
+hold-out of the *training* split; the test split is only ever scored for the selected head."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from .stream import chunk_rows, epoch_batches, holdout_split, iter_blocks, load_state, save_state
+
+NORMS = ("none", "bn")
+Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]   # epoch -> (x, y) mini-batches
+
+
+@dataclass
+class LinearConfig:
+    lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0])
+    wds: list[float] = field(default_factory=lambda: [0.0, 5e-4, 5e-3])
+    norms: list[str] = field(default_factory=lambda: list(NORMS))
+    epochs: int = 20
+    batch_size: int = 256
+    momentum: float = 0.9
+    schedule: str = "cosine"          # or "step": lr / 10 every 15 epochs (the I-JEPA paper)
+    seed: int = 0
+
+    def validate(self) -> str | None:
+        if not self.lrs or min(self.lrs) <= 0:
+            return "lrs must be a non-empty list of positive numbers"
+        if not self.wds or min(self.wds) < 0:
+            return "wds must be a non-empty list of non-negative numbers"
+        if not self.norms or any(n not in NORMS for n in self.norms) or len(set(self.norms)) != len(self.norms):
+            return f"norms must be distinct values from {list(NORMS)}"
+        if self.epochs < 1 or self.batch_size < 2:
+            return "epochs must be >= 1 and batch_size >= 2"
+        if not 0 <= self.momentum < 1:
+            return "momentum must be in [0, 1)"
+        return None if self.schedule in ("cosine", "step") else "schedule must be 'cosine' or 'step'"
+
+    def heads(self) -> list[dict[str, float | str]]:
+        """The grid in the order of the model's heads (norm-major, then lr, then wd)."""
+        return [{"norm": n, "lr": lr, "wd": wd} for n in self.norms for lr in self.lrs for wd in self.wds]
+
+
+class HeadGrid(nn.Module):
+    """G input norms x L (lr, wd) pairs of linear heads: weight [G, D, L, C], bias [G, L, C]."""
+
+    def __init__(self, dim: int, n_classes: int, norms: list[str], n_per_norm: int) -> None:
+        super().__init__()
+        self.norms = list(norms)
+        self.shape = (len(norms), dim, n_per_norm, n_classes)
+        self.weight = nn.Parameter(torch.zeros(self.shape))
+        self.bias = nn.Parameter(torch.zeros(len(norms), n_per_norm, n_classes))
+        self.register_buffer("running_mean", torch.zeros(dim))
+        self.register_buffer("running_var", torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of every head, [H, B, C] with H = G * L in ``LinearConfig.heads`` order."""
+        inputs = [x if n == "none" else F.batch_norm(x, self.running_mean, self.running_var,
+                                                      training=self.training, momentum=0.1, eps=1e-6)
+                  for n in self.norms]
+        g, d, l, c = self.shape
+        logits = torch.bmm(torch.stack(inputs), self.weight.view(g, d, l * c)).view(g, -1, l, c)
+        return (logits + self.bias[:, None]).transpose(1, 2).reshape(g * l, -1, c)
+
+
+def _lr_factor(cfg: LinearConfig, progress: float) -> float:
+    if cfg.schedule == "step":
+        return 0.1 ** int(progress // 15)
+    return 0.5 * (1 + math.cos(math.pi * progress / cfg.epochs))
+
+
+def fit_grid(dim: int, n_classes: int, batches: Batches, n_fit: int, cfg: LinearConfig,
+             device: torch.device | str = "cpu", state_path: Path | None = None,
+             progress: Callable[[Iterable, str], Iterable] | None = None,
+             on_epoch_end: Callable[[int], None] | None = None) -> HeadGrid:
+    """Train every head of the grid with SGD + momentum (per-head lr; L2 weight decay on the weights, not the biases).
+    ``batches(epoch)`` yields one pass of mini-batches; after each epoch the state is saved to
+    ``state_path`` so a restarted call continues from the last finished epoch."""
+    device = torch.device(device)
+    per_norm = [(lr, wd) for lr in cfg.lrs for wd in cfg.wds]
+    model = HeadGrid(dim, n_classes, cfg.norms, len(per_norm)).to(device)
+    lr = torch.tensor([p[0] for p in per_norm], device=device)
+    wd = torch.tensor([p[1] for p in per_norm], device=device)
+    lr_w, wd_w, lr_b = lr[None, None, :, None], wd[None, None, :, None], lr[None, :, None]
+    buf_w, buf_b = torch.zeros_like(model.weight), torch.zeros_like(model.bias)
+    config = {**asdict(cfg), "dim": dim, "n_classes": n_classes, "n_fit": n_fit}
+    start = 0
+    state = load_state(state_path, config)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        buf_w, buf_b = state["buf_w"].to(device), state["buf_b"].to(device)
+        start = state["epoch"]
+    steps = max(1, math.ceil(n_fit / cfg.batch_size))
+    epochs: Iterable[int] = range(start, cfg.epochs)
+    if progress is not None:
+        epochs = progress(epochs, "linear heads")
+    for epoch in epochs:
+        model.train()
+        for i, (xb, yb) in enumerate(batches(epoch)):
+            factor = _lr_factor(cfg, epoch + min(i / steps, 1.0))
+            logits = model(xb.float())
+            # summed over heads, mean over the batch: each head gets exactly its own gradient
+            loss = F.cross_entropy(logits.reshape(-1, n_classes), yb.repeat(len(logits)), reduction="sum")
+            model.zero_grad(set_to_none=True)
+            (loss / len(yb)).backward()
+            with torch.no_grad():
+                buf_w.mul_(cfg.momentum).add_(model.weight.grad + wd_w * model.weight)
+                buf_b.mul_(cfg.momentum).add_(model.bias.grad)
+                model.weight.sub_(factor * lr_w * buf_w)
+                model.bias.sub_(factor * lr_b * buf_b)
+        if not torch.isfinite(model.weight).all(dim=(1, 3)).any():
+            raise UserError("every linear head diverged (NaN); lower the learning rates")
+        if state_path is not None:
+            save_state(state_path, {"config": config, "epoch": epoch + 1, "model": model.state_dict(),
+                                    "buf_w": buf_w.cpu(), "buf_b": buf_b.cpu()})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+    return model.eval()
+
+
+@torch.no_grad()
+def grid_scores(model: HeadGrid, x: np.ndarray, y: np.ndarray, rows: np.ndarray | None = None,
+                device: torch.device | str = "cpu", chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 and top-5 accuracy (percent) of every head on ``rows`` of the features, streamed by chunk.
+    A diverged head (non-finite weights) scores 0."""
+    model.eval()
+    rows = np.arange(len(x)) if rows is None else np.asarray(rows)
+    if len(rows) == 0:
+        raise UserError("no rows to evaluate")
+    correct1 = correct5 = 0
+    for feats, sel in iter_blocks(x, rows, chunk or chunk_rows(x)):
+        logits = model(torch.from_numpy(feats).to(device))
+        logits = torch.nan_to_num(logits, nan=-torch.inf)
+        truth = torch.from_numpy(np.asarray(y[sel], dtype=np.int64)).to(device)
+        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices          # [H, B, k]
+        hit = top == truth[None, :, None]
+        correct1 = correct1 + hit[..., 0].sum(1).cpu()
+        correct5 = correct5 + hit.any(-1).sum(1).cpu()
+    finite = torch.isfinite(model.weight).all(1).all(-1).flatten() & torch.isfinite(model.bias).all(-1).flatten()
+    finite = finite.cpu().numpy()
+    top1 = 100.0 * np.asarray(correct1, dtype=np.float64) / len(rows)
+    top5 = 100.0 * np.asarray(correct5, dtype=np.float64) / len(rows)
+    return np.where(finite, top1, 0.0), np.where(finite, top5, 0.0)
+
+
+@dataclass
+class LinearProbeResult:
+    top1: float
+    top5: float | None
+    chosen: dict[str, float | str]            # pooling, norm, lr, wd of the selected head
+    holdout_top1: float
+    grid: list[dict[str, float | str]]         # every head with its hold-out top-1
+
+
+def cached_batches(x: np.ndarray, y: np.ndarray, rows: np.ndarray, cfg: LinearConfig,
+                   device: torch.device | str) -> Batches:
+    chunk = max(chunk_rows(x), cfg.batch_size)
+    return lambda epoch: epoch_batches(x, y, rows, cfg.batch_size, cfg.seed, epoch, chunk, torch.device(device))
+
+
+def linear_probe(sets: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+                 cfg: LinearConfig | None = None, n_classes: int | None = None, holdout_fraction: float = 0.1,
+                 workdir: Path | None = None, device: torch.device | str = "cpu",
+                 progress: Callable[[Iterable, str], Iterable] | None = None,
+                 train_batches: Mapping[str, Callable[[np.ndarray], Batches]] | None = None,
+                 on_epoch_end: Callable[[int], None] | None = None) -> LinearProbeResult:
+    """Train a head grid per feature set (``{name: (train_x, train_y, test_x, test_y)}``), select the best
+    (feature set, head) on a seeded hold-out of the training rows, and score only that head on test.
+    ``train_batches[name](fit_rows)`` may replace the cached-feature stream (e.g. augmented features)."""
+    cfg = cfg or LinearConfig()
+    problem = cfg.validate()
+    if problem:
+        raise UserError(problem)
+    if not sets:
+        raise UserError("linear probe needs at least one feature set")
+    first_y = np.asarray(next(iter(sets.values()))[1])
+    for name, (tx, ty, vx, vy) in sets.items():
+        if len(tx) != len(ty) or len(vx) != len(vy):
+            raise UserError(f"{name}: features and labels differ in length")
+        if not np.array_equal(np.asarray(ty), first_y):
+            raise UserError("all feature sets must share the same training labels")
+    n_classes = n_classes or int(first_y.max()) + 1
+    fit_rows, held_rows = holdout_split(first_y, holdout_fraction, cfg.seed)
+    grid, models = [], {}
+    for name, (tx, ty, _, _) in sets.items():
+        batches = (train_batches[name](fit_rows) if train_batches and name in train_batches
+                   else cached_batches(tx, ty, fit_rows, cfg, device))
+        state = Path(workdir) / f"linear-{name}.pt" if workdir else None
+        model = fit_grid(tx.shape[1], n_classes, batches, len(fit_rows), cfg, device, state, progress, on_epoch_end)
+        acc, _ = grid_scores(model, tx, ty, held_rows, device)
+        grid += [{"pooling": name, **h, "holdout_top1": float(a)} for h, a in zip(cfg.heads(), acc)]
+        models[name] = model
+    best = int(np.argmax([g["holdout_top1"] for g in grid]))          # first best on ties
+    chosen = {k: v for k, v in grid[best].items() if k != "holdout_top1"}
+    name, head = chosen["pooling"], best % len(cfg.heads())
+    _, _, test_x, test_y = sets[name]
+    top1, top5 = grid_scores(models[name], test_x, test_y, None, device)
+    return LinearProbeResult(top1=float(top1[head]), top5=float(top5[head]) if n_classes > 5 else None,
+                             chosen=chosen, holdout_top1=grid[best]["holdout_top1"], grid=grid)

@@ -1,0 +1,96 @@
+"""Shared helpers for probes trained on memory-mapped features: seeded hold-outs, chunked streaming
+(a feature file is never read whole, so it may be larger than RAM) and atomic epoch checkpoints."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+
+def holdout_split(y: np.ndarray, fraction: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded, class-stratified hold-out of about ``fraction`` of the rows: (fit_rows, holdout_rows),
+    both sorted. Every class with two or more rows keeps at least one row on each side."""
+    y = np.asarray(y)
+    if not 0 < fraction < 1:
+        raise UserError(f"hold-out fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in np.unique(y):
+        rows = rng.permutation(np.flatnonzero(y == c))
+        k = int(round(fraction * len(rows)))
+        k = min(max(k, 1), len(rows) - 1) if len(rows) >= 2 else 0
+        held.append(rows[:k])
+    held = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+    if len(held) == 0:
+        raise UserError("the training split is too small for a hold-out (every class needs 2 images)")
+    fit = np.setdiff1d(np.arange(len(y)), held)
+    return fit.astype(np.int64), held.astype(np.int64)
+
+
+def chunk_rows(x: np.ndarray, budget_bytes: int = 256 << 20, minimum: int = 256) -> int:
+    """Rows per chunk so that one float32 chunk stays within ``budget_bytes``."""
+    per_row = 4 * int(np.prod(x.shape[1:]))
+    return max(minimum, budget_bytes // max(per_row, 1))
+
+
+def read_rows(x: np.ndarray, start: int, stop: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``start:stop`` (optionally only the absolute indices ``rows`` within them) as a private
+    float32 array; NaN/inf features are refused."""
+    block = np.array(x[start:stop], dtype=np.float32, copy=True)
+    if rows is not None:
+        block = block[rows - start]
+    if not np.isfinite(block).all():
+        raise UserError("features contain NaN or inf values; refusing to train on them")
+    return block
+
+
+def iter_blocks(x: np.ndarray, rows: np.ndarray, chunk: int, order: np.ndarray | None = None
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (features, row indices) for the wanted ``rows`` (sorted), one contiguous chunk of the file
+    at a time, chunks visited in ``order`` (default: file order)."""
+    n_chunks = (len(x) + chunk - 1) // chunk
+    bounds = np.searchsorted(rows, np.arange(n_chunks + 1) * chunk)
+    for c in (range(n_chunks) if order is None else order):
+        sel = rows[bounds[c]:bounds[c + 1]]
+        if len(sel):
+            yield read_rows(x, c * chunk, min(len(x), (c + 1) * chunk), sel), sel
+
+
+def epoch_batches(x: np.ndarray, y: np.ndarray, rows: np.ndarray, batch_size: int, seed: int, epoch: int,
+                  chunk: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One pass over ``rows``: chunks in a seeded random order, rows shuffled within each chunk, cut into
+    mini-batches. Deterministic given (seed, epoch), so a resumed run sees the same batches."""
+    rng = np.random.default_rng([seed, epoch])
+    n_chunks = (len(x) + chunk - 1) // chunk
+    for feats, sel in iter_blocks(x, rows, chunk, rng.permutation(n_chunks)):
+        perm = rng.permutation(len(sel))
+        feats_t = torch.from_numpy(feats[perm]).to(device)
+        labels_t = torch.from_numpy(np.asarray(y[sel][perm], dtype=np.int64)).to(device)
+        for i in range(0, len(sel), batch_size):
+            if len(sel) - i < 2 and len(sel) > 1:   # a batch of one breaks BatchNorm; fold it away
+                break
+            yield feats_t[i:i + batch_size], labels_t[i:i + batch_size]
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` through a temporary file and an atomic rename (a crash never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: Path | None, config: dict[str, Any]) -> dict[str, Any] | None:
+    """A saved state whose config equals ``config``, else None (a stale state is ignored)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a damaged state file only costs a restart
+        return None
+    return state if state.get("config") == config else None

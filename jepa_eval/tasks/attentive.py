@@ -1,0 +1,47 @@
+"""Attentive probe (V-JEPA style) on frozen patch tokens, selected on a training hold-out."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import UserError
+from ..probes.attentive import AttentiveConfig, attentive_probe
+from ..task import Task, TaskResult, register_task
+
+
+@register_task("attentive")
+class AttentiveTask(Task):
+    poolings = ("tokens",)
+
+    @dataclass
+    class Params:
+        lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-4])
+        weight_decay: float = 0.01
+        epochs: int = 20
+        batch_size: int = 128
+        num_heads: int = 0
+        mlp_ratio: float = 4.0
+        warmup_epochs: float = 1.0
+        holdout_fraction: float = 0.1
+
+        def config(self, seed: int) -> AttentiveConfig:
+            return AttentiveConfig(list(self.lrs), self.weight_decay, self.epochs, self.batch_size, self.num_heads,
+                                   self.mlp_ratio, self.warmup_epochs, seed)
+
+        def validate(self) -> str | None:
+            if not 0 < self.holdout_fraction < 0.5:
+                return "holdout_fraction must be in (0, 0.5)"
+            return self.config(0).validate()
+
+    def run(self, ctx) -> TaskResult:
+        if list(ctx.poolings) != ["tokens"]:
+            raise UserError(f"the attentive probe reads patch tokens: use pooling 'tokens', not {ctx.poolings}")
+        train, test = ctx.features("train", "tokens"), ctx.features("test", "tokens")
+        p = self.params
+        res = attentive_probe(train.x, train.y, test.x, test.y, p.config(ctx.seed),
+                              max(len(train.classes), int(train.y.max()) + 1), p.holdout_fraction, ctx.workdir,
+                              ctx.device, lambda it, desc: ctx.progress(it, desc))
+        metrics = {"top1": res.top1, **({"top5": res.top5} if res.top5 is not None else {})}
+        return TaskResult(metrics=metrics, chosen={**res.chosen, "epochs": p.epochs},
+                          selected_on=f"train-holdout-{round(100 * p.holdout_fraction)}%",
+                          details={"holdout_top1": res.holdout_top1, "grid": res.grid,
+                                   "n_train": len(train.y), "n_test": len(test.y)})

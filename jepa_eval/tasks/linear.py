@@ -1,0 +1,97 @@
+"""Linear probe on frozen features: a grid of heads per feature set, selected on a training hold-out."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..probes.linear import NORMS, Batches, LinearConfig, linear_probe
+from ..task import Task, TaskResult, register_task
+
+RECIPES = ("cached", "paper")
+
+
+def augmented_batches(ctx, pooling: str, batch_size: int, seed: int) -> Callable[[np.ndarray], Batches]:
+    """The paper's recipe: each epoch re-encodes the training images under RandomResizedCrop + flip
+    (or the dataset's own ``train_transform``, e.g. CLEVR's flip-only)."""
+    from torchvision import transforms as T
+
+    from ..datasets.base import IMAGENET_MEAN, IMAGENET_STD
+    from ..features import pool
+    size = int(ctx.checkpoint.meta["img_size"])
+    ds = ctx.dataset("train")
+    if hasattr(ds, "train_transform"):   # a dataset with its own recipe (CLEVR: resize + flip, no crop)
+        ds.set_transform(ds.train_transform(size), f"train-transform{size}")
+    else:
+        ds.set_transform(T.Compose([T.RandomResizedCrop(size, interpolation=T.InterpolationMode.BICUBIC),
+                                    T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]),
+                         f"rrc{size}-flip-imagenetnorm")
+    encoder = ctx.checkpoint.get_encoder(ctx.encoder).to(ctx.device).eval()
+    cuda = ctx.device.type == "cuda"
+
+    def make(fit_rows: np.ndarray) -> Batches:
+        def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            torch.manual_seed(seed * 100003 + epoch)   # crops and order are reproducible per epoch
+            loader = torch.utils.data.DataLoader(
+                torch.utils.data.Subset(ds, fit_rows.tolist()), batch_size=batch_size, shuffle=True,
+                drop_last=len(fit_rows) > batch_size, num_workers=4 if cuda else 0, pin_memory=cuda)
+            for images, labels in loader:
+                with torch.no_grad(), torch.autocast(ctx.device.type, torch.bfloat16, enabled=cuda):
+                    z = pool(encoder, images.to(ctx.device, non_blocking=cuda), pooling)
+                yield z.float(), labels.to(ctx.device)
+        return batches
+    return make
+
+
+@register_task("linear")
+class LinearTask(Task):
+    poolings = ("lastPOOL", "concatPOOL4")
+
+    @dataclass
+    class Params:
+        lrs: list[float] = field(default_factory=lambda: LinearConfig().lrs)
+        wds: list[float] = field(default_factory=lambda: LinearConfig().wds)
+        norms: list[str] = field(default_factory=lambda: list(NORMS))
+        epochs: int = 20
+        batch_size: int = 256
+        momentum: float = 0.9
+        schedule: str = "cosine"            # "step": lr / 10 every 15 epochs
+        recipe: str = "cached"              # "paper": RandomResizedCrop + flip on the fly (slow)
+        holdout_fraction: float = 0.1
+
+        def config(self, seed: int) -> LinearConfig:
+            return LinearConfig(list(self.lrs), list(self.wds), list(self.norms), self.epochs, self.batch_size,
+                                self.momentum, self.schedule, seed)
+
+        def validate(self) -> str | None:
+            if self.recipe not in RECIPES:
+                return f"recipe must be one of {', '.join(RECIPES)}, not '{self.recipe}'"
+            if not 0 < self.holdout_fraction < 0.5:
+                return "holdout_fraction must be in (0, 0.5)"
+            return self.config(0).validate()
+
+    def run(self, ctx) -> TaskResult:
+        p = self.params
+        cfg = p.config(ctx.seed)
+        sets, n_classes = {}, 0
+        for pooling in ctx.poolings:
+            if pooling == "tokens":
+                raise UserError("the linear probe needs pooled features (lastPOOL, concatPOOLn), not tokens")
+            train, test = ctx.features("train", pooling), ctx.features("test", pooling)
+            sets[pooling] = (train.x, train.y, test.x, test.y)
+            n_classes = max(len(train.classes), int(train.y.max()) + 1)
+        augmented = ({pl: augmented_batches(ctx, pl, cfg.batch_size, ctx.seed) for pl in sets}
+                     if p.recipe == "paper" else None)
+        res = linear_probe(sets, cfg, n_classes, p.holdout_fraction, ctx.workdir, ctx.device,
+                           lambda it, desc: ctx.progress(it, desc), augmented)
+        metrics = {"top1": res.top1, **({"top5": res.top5} if res.top5 is not None else {})}
+        chosen = {**res.chosen, "epochs": p.epochs, "recipe": p.recipe}
+        return TaskResult(metrics=metrics, chosen=chosen,
+                          selected_on=f"train-holdout-{round(100 * p.holdout_fraction)}%",
+                          details={"pooling": res.chosen["pooling"], "holdout_top1": res.holdout_top1,
+                                   "grid": res.grid, "n_heads": len(res.grid),
+                                   "n_train": len(sets[res.chosen["pooling"]][1]),
+                                   "n_test": len(sets[res.chosen["pooling"]][3])})

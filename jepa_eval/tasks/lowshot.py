@@ -1,0 +1,66 @@
+"""Low-shot logistic regression (ImageNet-1% style): k images per class or SimCLR subset files."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import UserError
+from ..probes.lowshot import DEFAULT_LAMBDAS, k_per_class_subset, lowshot_eval, subset_from_file
+from ..task import Task, TaskResult, register_task
+
+
+@register_task("lowshot")
+class LowShotTask(Task):
+    poolings = ("lastPOOL",)
+
+    @dataclass
+    class Params:
+        k_per_class: int = 12
+        seeds: int = 3                       # random k-per-class subsets (ignored with subset_files)
+        subset_files: list[str] = field(default_factory=list)   # SimCLR format; $VARS are expanded
+        lambdas: list[float] = field(default_factory=lambda: list(DEFAULT_LAMBDAS))
+        n_folds: int = 3
+        max_iter: int = 100
+
+        def validate(self) -> str | None:
+            if self.k_per_class < 1:
+                return "k_per_class must be >= 1"
+            if not self.subset_files and self.seeds < 3:
+                return "seeds must be >= 3 (mean and std over seeds), or give subset_files"
+            if self.n_folds < 2 or (not self.subset_files and self.k_per_class < self.n_folds):
+                return "n_folds must be >= 2 and <= k_per_class"
+            if not self.lambdas or min(self.lambdas) <= 0:
+                return "lambdas must be a non-empty list of positive numbers"
+            return None if self.max_iter >= 1 else "max_iter must be >= 1"
+
+    def run(self, ctx) -> TaskResult:
+        p = self.params
+        best = None
+        for pooling in ctx.poolings:
+            if pooling == "tokens":
+                raise UserError("low-shot needs pooled features (lastPOOL, concatPOOLn), not tokens")
+            train, test = ctx.features("train", pooling), ctx.features("test", pooling)
+            y = np.asarray(train.y)
+            if p.subset_files:
+                names = ctx.dataset("train").file_names()
+                subsets = [subset_from_file(os.path.expandvars(f), names, train.classes, y) for f in p.subset_files]
+                sources = [os.path.basename(os.path.expandvars(f)) for f in p.subset_files]
+            else:
+                subsets = [k_per_class_subset(y, p.k_per_class, ctx.seed * 1000 + s, train.classes)
+                           for s in range(p.seeds)]
+                sources = [f"seed{ctx.seed * 1000 + s}" for s in range(p.seeds)]
+            res = lowshot_eval(train.x, y, test.x, test.y, subsets, p.lambdas, p.n_folds, ctx.seed,
+                               max(len(train.classes), int(y.max()) + 1), ctx.device, p.max_iter)
+            cv = float(np.mean([s["cv_top1"] for s in res.per_seed]))
+            if best is None or cv > best[0]:
+                best = (cv, pooling, res, sources, len(test.y))
+        cv, pooling, res, sources, n_test = best
+        per_seed = [{"subset": src, **s} for src, s in zip(sources, res.per_seed)]
+        return TaskResult(metrics={"top1": res.top1_mean, "top1_std": res.top1_std},
+                          chosen={"pooling": pooling, "lambda": [s["lambda"] for s in res.per_seed]},
+                          selected_on=f"cv-in-subset-{p.n_folds}fold",
+                          details={"pooling": pooling, "per_seed": per_seed, "cv_grid": res.cv_grid,
+                                   "lambdas": sorted(p.lambdas, reverse=True), "mean_cv_top1": cv,
+                                   "n_test": n_test, "std": "sample (ddof=1) over seeds/subsets"})

@@ -1,0 +1,179 @@
+"""Linear head grid: accuracy, chance on noise, test-blind selection, batching equivalence, streaming,
+resume, parameter validation, and one end-to-end run through the runner on digits."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from jepa_eval.errors import UserError
+from jepa_eval.probes.linear import LinearConfig, cached_batches, fit_grid, grid_scores, linear_probe
+from jepa_eval.probes.stream import epoch_batches, holdout_split
+from jepa_eval.task import TASKS, build_params
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny tensors: thread synchronisation costs far more than it saves (and CI cores are shared)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+SMALL = dict(lrs=[0.01, 0.1], wds=[0.0, 5e-4], epochs=5, batch_size=64)
+
+
+def blobs(n, classes=5, dim=24, seed=0, spread=0.5):
+    rng = np.random.default_rng(seed)
+    centers = np.random.default_rng(7).normal(size=(classes, dim))
+    y = rng.integers(0, classes, n)
+    return (centers[y] + spread * rng.normal(size=(n, dim))).astype(np.float16), y
+
+
+def test_default_grid_has_at_least_24_heads():
+    assert len(LinearConfig().heads()) >= 24
+
+
+def test_separable_reaches_100_and_reports_top5():
+    x, y = blobs(600, classes=8)
+    tx, ty = blobs(200, classes=8, seed=1)
+    res = linear_probe({"a": (x, y, tx, ty)}, LinearConfig(**SMALL))
+    assert res.top1 >= 99.0 and res.top5 == 100.0
+    assert len(res.grid) == 8 and all("holdout_top1" in g for g in res.grid)
+
+
+def test_noise_labels_stay_at_chance():
+    rng = np.random.default_rng(0)
+    x, tx = rng.normal(size=(1500, 24)).astype(np.float16), rng.normal(size=(2000, 24)).astype(np.float16)
+    res = linear_probe({"a": (x, rng.integers(0, 5, 1500), tx, rng.integers(0, 5, 2000))}, LinearConfig(**SMALL))
+    assert 15.0 < res.top1 < 25.0
+
+
+def test_selection_never_looks_at_test():
+    x, y = blobs(400, spread=2.0)
+    tx, ty = blobs(200, seed=1, spread=2.0)
+    sets = {"a": (x, y, tx, ty), "b": (x * 0.5, y, tx * 0.5, ty)}
+    first = linear_probe(sets, LinearConfig(**SMALL))
+    permuted = np.random.default_rng(3).permutation(ty)
+    second = linear_probe({k: (a, b, c, permuted) for k, (a, b, c, _) in sets.items()}, LinearConfig(**SMALL))
+    assert first.chosen == second.chosen and first.grid == second.grid
+    assert first.top1 != second.top1   # the test labels were really used for scoring
+
+
+def test_batched_heads_equal_heads_trained_alone():
+    x, y = blobs(300)
+    rows = np.arange(300)
+    grid_cfg = LinearConfig(lrs=[0.01, 0.1], wds=[0.0, 1e-3], epochs=2, batch_size=32)
+    grid = fit_grid(24, 5, cached_batches(x, y, rows, grid_cfg, "cpu"), 300, grid_cfg)
+    for h, head in enumerate(grid_cfg.heads()):
+        one_cfg = LinearConfig(lrs=[head["lr"]], wds=[head["wd"]], norms=[head["norm"]], epochs=2, batch_size=32)
+        one = fit_grid(24, 5, cached_batches(x, y, rows, one_cfg, "cpu"), 300, one_cfg)
+        g, l = divmod(h, 4)
+        torch.testing.assert_close(grid.weight[g, :, l], one.weight[0, :, 0], rtol=1e-4, atol=1e-5)
+
+
+def test_streaming_visits_every_fit_row_once_from_a_memmap(tmp_path):
+    x, y = blobs(1000)
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    fit, held = holdout_split(y, 0.1, seed=0)
+    assert len(np.intersect1d(fit, held)) == 0 and len(fit) + len(held) == 1000 and 90 <= len(held) <= 110
+    seen = np.concatenate([xb[:, 0].numpy() for xb, _ in epoch_batches(mm, y, fit, 16, 0, 0, 100, torch.device("cpu"))])
+    assert sorted(seen.tolist()) == sorted(mm[fit, 0].astype(np.float32).tolist())
+    assert not mm.flags.writeable
+
+
+def test_resume_continues_from_the_last_epoch(tmp_path):
+    x, y = blobs(300)
+    tx, ty = blobs(100, seed=1)
+    cfg = LinearConfig(**{**SMALL, "epochs": 4})
+    full = linear_probe({"a": (x, y, tx, ty)}, cfg)
+
+    def stop(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        linear_probe({"a": (x, y, tx, ty)}, cfg, workdir=tmp_path, on_epoch_end=stop)
+    assert torch.load(tmp_path / "linear-a.pt", weights_only=True)["epoch"] == 2
+    epochs_run = []
+    resumed = linear_probe({"a": (x, y, tx, ty)}, cfg, workdir=tmp_path, on_epoch_end=epochs_run.append)
+    assert epochs_run == [2, 3]
+    assert resumed.grid == full.grid and resumed.top1 == full.top1
+
+
+@pytest.mark.parametrize("params", [{"lrs": [-0.1]}, {"lrs": []}, {"wds": [-1.0]}, {"norms": ["ln"]},
+                                    {"recipe": "fancy"}, {"epochs": 0}, {"holdout_fraction": 0.0},
+                                    {"schedule": "linear"}, {"epochs": "ten"}, {"bogus": 1}])
+def test_bad_params_raise_user_error(params):
+    with pytest.raises(UserError):
+        build_params(TASKS.get("linear"), params, "test")
+
+
+def run_battery(tmp_path, yaml_text):
+    from jepa_eval import runner
+    battery = tmp_path / "b.yaml"
+    battery.write_text(yaml_text)
+    spec = "timm:vit_tiny_patch16_224,img_size=32,patch_size=8,depth=2"
+    paths = runner.run_in_process(runner.plan([spec], str(battery), tmp_path / "out", tmp_path / "cache"),
+                                  progress=False)
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def test_end_to_end_on_digits(tmp_path):
+    torch.manual_seed(0)
+    (rec,) = run_battery(tmp_path, """
+tasks:
+  - task: linear
+    dataset: digits
+    pooling: [lastPOOL, concatPOOL2]
+    params: {epochs: 5, lrs: [0.01, 0.1, 0.3], wds: [0.0, 5e-4]}
+""")
+    assert rec["selected_on"] == "train-holdout-10%" and rec["primary_metric"] == "top1"
+    assert rec["pooling"] in ("lastPOOL", "concatPOOL2") and rec["chosen"]["pooling"] == rec["pooling"]
+    assert len(rec["details"]["grid"]) == 24 and rec["metrics"]["top1"] > 50.0   # random weights, 10 classes
+    assert not list((tmp_path / "out").rglob("*.work"))   # resumable state removed after the record
+
+
+def test_paper_recipe_trains_on_augmented_images(tmp_path):
+    entry = ("  - {{task: linear, id: {0}, dataset: digits, pooling: lastPOOL, max_samples: {{train: 300, test: 100}},"
+             " params: {{epochs: 2, batch_size: 32, recipe: {0}, schedule: step, lrs: [0.1], wds: [0.0]}}}}\n")
+    cached, paper = run_battery(tmp_path, "tasks:\n" + entry.format("cached") + entry.format("paper"))
+    assert paper["chosen"]["recipe"] == "paper" and cached["chosen"]["recipe"] == "cached"
+    # same seed, data, heads and hold-out: only the training stream (random crops + flips) differs
+    holdout = [[g["holdout_top1"] for g in rec["details"]["grid"]] for rec in (cached, paper)]
+    assert holdout[0] != holdout[1]
+    assert 0.0 <= paper["metrics"]["top1"] <= 100.0 and paper["details"]["n_test"] == 100
+
+
+def test_battery_reads_exponent_floats(tmp_path):
+    from jepa_eval.battery import load_battery
+    path = tmp_path / "b.yaml"
+    path.write_text("tasks:\n  - {task: linear, dataset: digits, params: {lrs: [1e-3, 0.1], wds: [5e-4]}}\n")
+    (entry,) = load_battery(str(path)).entries
+    assert entry.params.lrs == [0.001, 0.1] and entry.params.wds == [0.0005]
+
+
+def test_a_diverged_head_scores_zero_and_others_are_unaffected():
+    x, y = blobs(300)
+    tx, ty = blobs(100, seed=1)
+    x = (x.astype(np.float32) * 100).astype(np.float16)           # an absurd lr overflows to inf, then NaN
+    cfg = LinearConfig(lrs=[1e-4, 1e37], wds=[0.0], norms=["none"], epochs=3, batch_size=32)
+    res = linear_probe({"a": (x, y, tx * 100, ty)}, cfg)
+    alone = linear_probe({"a": (x, y, tx * 100, ty)}, LinearConfig(**{**cfg.__dict__, "lrs": [1e-4]}))
+    assert res.grid[1]["holdout_top1"] == 0.0 and res.chosen["lr"] == 1e-4
+    assert res.grid[0]["holdout_top1"] == alone.grid[0]["holdout_top1"] and res.top1 == alone.top1
+
+
+def test_shipped_batteries_validate(monkeypatch):
+    from jepa_eval.battery import load_battery
+    monkeypatch.setenv("CLEVR_ROOT", "/data/CLEVR_v1.0")
+    default = {e.id: e for e in load_battery("default").entries}
+    assert {e.task for e in default.values()} == {"knn", "linear", "lowshot", "attentive"}
+    assert all(e.datasets == ["fashion-mnist", "digits"] and e.max_samples for e in default.values())
+    assert len(default["linear"].params.config(0).heads()) >= 24
+    paper = {e.id: e for e in load_battery("ijepa-paper").entries}
+    for name in ("clevr-count", "clevr-dist"):
+        assert paper[name].task == "linear" and paper[name].datasets == [name]
+        assert paper[name].splits == {"train": "train800val200", "test": "test"}
+        assert paper[name].root == "/data/CLEVR_v1.0"
+    assert paper["in1k-1pct"].params.subset_files and paper["in1k-linear"].splits["test"] == "val"

@@ -1,0 +1,280 @@
+"""The bad-input corpus: every case goes through the real ``jepa-eval`` CLI and must end with exit code 2,
+exactly one ``jepa-eval: error:`` line (the last line on stderr), no traceback, no result record and no
+temporary file. ``CASES`` is the table documented in docs/RELIABILITY.md (case -> behaviour chosen)."""
+from __future__ import annotations
+
+import json
+import pickle
+import resource
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from PIL import Image
+
+import ijepa_reference as ref
+from _reliability import (SPEC, assert_clean_failure, cli_inprocess, cli_subprocess, knn_entry, records,
+                                write_battery)
+
+
+@dataclass
+class Case:
+    id: str
+    setup: Callable[[Path], list]       # builds the bad input under a folder, returns the CLI arguments
+    expect: str                         # a regular expression the error line must match
+    behaviour: str                      # what the suite does (the documented choice)
+    check: Callable[[Path], None] | None = None   # extra postconditions (e.g. a marker file never appears)
+    subprocess: bool = False            # run as a separate `python -m jepa_eval` process
+    preexec: Callable[[], None] | None = field(default=None, repr=False)
+
+
+def run_args(d: Path, checkpoint, battery: Path | None = None) -> list:
+    battery = battery or write_battery(d / "ok.yaml", knn_entry())
+    return ["run", "--checkpoint", checkpoint, "--battery", battery, "--out", d / "out", "--cache", d / "cache",
+            "--no-progress"]
+
+
+# ---------------------------------------------------------------- checkpoints
+def official(d: Path, mutate: Callable[[dict], None] | None = None, name: str = "ijepa.pth.tar",
+             pred_width: int = 48) -> Path:
+    """A small official-layout I-JEPA file (width 192 -> 3 heads, 16 px, patch 8), optionally damaged."""
+    sds = ref.official_state_dicts(width=192, depth=1, heads=3, patch=8, img=16, pred_width=pred_width,
+                                   pred_depth=1)
+    if mutate:
+        mutate(sds)
+    path = d / name
+    ref.save_official(path, sds)
+    return path
+
+
+def text_file(d: Path) -> list:
+    (d / "notes.pth.tar").write_text("epoch 300, lr 1e-3: remember to upload the weights\n")
+    return run_args(d, d / "notes.pth.tar")
+
+
+def truncated(d: Path) -> list:
+    full = official(d, name="full.pth.tar").read_bytes()
+    (d / "cut.pth.tar").write_bytes(full[: len(full) // 2])
+    return run_args(d, d / "cut.pth.tar")
+
+
+def resnet(d: Path) -> list:
+    import torchvision
+    torch.save(torchvision.models.resnet18().state_dict(), d / "resnet18.pth")
+    return run_args(d, d / "resnet18.pth")
+
+
+MARKER = "code-ran.txt"
+
+
+class _Payload:
+    """Unpickling this calls open(MARKER, "w"): a checkpoint that would run code when loaded."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def unsafe_pickle(d: Path) -> list:
+    torch.save({"encoder": _Payload(str(d / MARKER)), "epoch": 1}, d / "evil.pth.tar")
+    return run_args(d, d / "evil.pth.tar")
+
+
+def marker_absent(d: Path) -> None:
+    assert not (d / MARKER).exists(), "the checkpoint's pickle ran code"
+
+
+def missing_key(d: Path) -> list:
+    return run_args(d, official(d, lambda sds: sds["target_encoder"].pop("blocks.0.attn.proj.bias")))
+
+
+def wrong_shape(d: Path) -> list:
+    return run_args(d, official(d, lambda sds: sds["encoder"].update({"norm.weight": torch.ones(96)})))
+
+
+def predictor_heads(d: Path) -> list:
+    return run_args(d, official(d, pred_width=32))
+
+
+def nan_weights(d: Path) -> list:
+    return run_args(d, official(d, lambda sds: sds["target_encoder"]["blocks.0.mlp.fc1.weight"].fill_(float("nan"))))
+
+
+def inf_weights(d: Path) -> list:
+    return run_args(d, official(d, lambda sds: sds["target_encoder"]["patch_embed.proj.bias"].fill_(float("inf"))))
+
+
+def no_feature_entry(d: Path) -> None:
+    cache = d / "cache"
+    finished = [p for p in cache.iterdir() if p.is_dir() and not p.name.endswith(".partial")] if cache.exists() else []
+    assert not finished, f"bad features were cached: {finished}"
+
+
+# ---------------------------------------------------------------- data
+def png(path: Path, value: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (12, 12), (value, 255 - value, value // 2)).save(path)
+
+
+def image_folder(d: Path, broken: bool = False, empty: bool = False) -> Path:
+    root = d / "folder"
+    for split in ("train", "val"):
+        for c, cls in enumerate(("ant", "bee")):
+            for i in range(4):
+                png(root / split / cls / f"{cls}{i}.png", 60 * c + 10 * i)
+    if empty:
+        (root / "train" / "cicada").mkdir()
+    if broken:  # a download cut short: a JPEG header, then nothing that decodes
+        (root / "train" / "bee" / "bee9.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 40)
+    return root
+
+
+def folder_battery(d: Path, **kw) -> list:
+    root = image_folder(d, **kw)
+    entry = knn_entry("imagefolder", root=root, splits="{train: train, test: val}", train=100, test=100)
+    return run_args(d, SPEC, write_battery(d / "folder.yaml", entry))
+
+
+def lowshot_subset_file(d: Path) -> list:
+    root = d / "folder"
+    for split in ("train", "val"):
+        for c, cls in enumerate(("ant", "bee")):
+            for i in range(4):
+                png(root / split / cls / f"{cls}_{i}.png", 60 * c + 10 * i)
+    subset = d / "1percent.txt"
+    subset.write_text("ant_0.png\nant_1.png\nbee_0.png\nbee_7.png\nbee_8.png\n")  # bee_7, bee_8: absent
+    entry = (f"task: lowshot\ndataset: imagefolder\nroot: {root}\nsplits: {{train: train, test: val}}\n"
+             f"params: {{subset_files: ['{subset}'], n_folds: 2}}")
+    return run_args(d, SPEC, write_battery(d / "lowshot.yaml", entry))
+
+
+def lowshot_too_many_shots(d: Path) -> list:
+    # 40 digits, class-stratified: 4 images per class, but 12 are asked for
+    entry = "task: lowshot\ndataset: digits\nmax_samples: {train: 40, test: 20}\nparams: {k_per_class: 12}"
+    return run_args(d, SPEC, write_battery(d / "lowshot.yaml", entry))
+
+
+def clevr(d: Path, drop_scenes: bool = False, drop_pixel_coords: bool = False) -> list:
+    from jepa_eval.cli import main
+    root = d / "clevr"
+    assert main(["make-clevr", "--out", str(root), "--n-train", "3", "--n-val", "2", "--size", "16",
+                 "--workers", "1", "--supersample", "1"]) == 0
+    scenes = root / "scenes" / "CLEVR_train_scenes.json"
+    if drop_scenes:
+        scenes.unlink()
+    if drop_pixel_coords:
+        data = json.loads(scenes.read_text())
+        del data["scenes"][1]["objects"][0]["pixel_coords"]
+        scenes.write_text(json.dumps(data))
+    entry = knn_entry("clevr-count", root=root, splits="{train: train, test: test}", train=3, test=2)
+    return run_args(d, SPEC, write_battery(d / "clevr.yaml", entry))
+
+
+# ---------------------------------------------------------------- batteries and output
+def bad_battery(d: Path, text: str) -> list:
+    (d / "bad.yaml").write_text(text)
+    return run_args(d, SPEC, d / "bad.yaml")
+
+
+def unwritable_out(d: Path) -> list:
+    (d / "plain-file").write_text("a file where the results folder should go\n")
+    args = run_args(d, SPEC)
+    args[args.index("--out") + 1] = d / "plain-file" / "results"   # root or not, no folder can be made here
+    return args
+
+
+def prefill_cache(d: Path) -> None:
+    """Extract the features in this process first, so the child's first big write is the record."""
+    from jepa_eval.cli import main
+    battery = write_battery(d / "ok.yaml", knn_entry())
+    assert main(["run", "--checkpoint", SPEC, "--battery", str(battery), "--out", str(d / "warm"),
+                 "--cache", str(d / "cache"), "--no-progress"]) == 0
+
+
+def record_write_error(d: Path) -> list:
+    prefill_cache(d)
+    return run_args(d, SPEC)
+
+
+def small_file_limit() -> None:
+    # files may not grow past 600 bytes: a record (a few kB) fails half-written with EFBIG, like a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (600, 600))
+
+
+CASES = [
+    Case("missing-file", lambda d: run_args(d, d / "nowhere.pth.tar"), r"checkpoint not found: .*nowhere\.pth\.tar",
+         "refused before anything runs; names the path"),
+    Case("text-file-named-pth-tar", text_file, r"not a PyTorch checkpoint",
+         "refused: the bytes are not a pickle"),
+    Case("truncated-checkpoint", truncated, r"not a readable PyTorch checkpoint \(truncated or corrupt\?\)",
+         "refused: the zip archive is incomplete"),
+    Case("resnet-state-dict", resnet, r"not an I-JEPA ViT encoder: missing patch_embed\.proj\.weight",
+         "refused: another architecture; names the missing ViT keys and shows keys it found"),
+    Case("pickle-that-runs-code", unsafe_pickle, r"refusing to load .*evil\.pth\.tar: its pickle asks to import",
+         "refused by weights_only loading before any code runs (the marker file never appears)",
+         check=marker_absent, subprocess=True),
+    Case("official-missing-key", missing_key,
+         r"ijepa\.pth\.tar\[target_encoder\] does not match its architecture: missing keys: blocks\.0\.attn\.proj\.bias",
+         "strict loading: names the missing key"),
+    Case("official-wrong-shape", wrong_shape, r"\[encoder\] .*shape mismatches: norm\.weight \(96,\) vs expected \(192,\)",
+         "strict loading: names the key and both shapes"),
+    Case("predictor-width-not-divisible-by-heads", predictor_heads,
+         r"\[predictor\]: predictor width 32 is not divisible by the encoder's 3 heads",
+         "refused when the predictor is built (it was an assertion inside timm)"),
+    Case("image-size-not-divisible-by-patch",
+         lambda d: run_args(d, "timm:vit_tiny_patch16_224,img_size=20,patch_size=8,depth=2"),
+         r"image size 20 is not divisible by the patch size 8", "refused when the model is built"),
+    Case("imagefolder-empty-class", lambda d: folder_battery(d, empty=True),
+         r"class folder\(s\) without images in .*train: cicada", "refused before extraction; names the class"),
+    Case("corrupt-jpeg", lambda d: folder_battery(d, broken=True), r"corrupt or unreadable image .*bee9\.jpg",
+         "fail (not skip): the extraction stops at the file, names it and asks to remove or replace it; "
+         "nothing is cached or recorded", check=no_feature_entry),
+    Case("lowshot-subset-names-absent-images", lowshot_subset_file,
+         r"2 of 5 images of 1percent\.txt are not in the training split \(first: bee_7\.png\)",
+         "refused; names the subset file, how many images are absent and the first one"),
+    Case("lowshot-more-shots-than-images", lowshot_too_many_shots,
+         r"k_per_class is 12 but class '\d' has only 4 training images \(10 classes have fewer than 12\)",
+         "refused (it used to take all images of such a class silently); names the class"),
+    Case("clevr-without-scenes-json", lambda d: clevr(d, drop_scenes=True),
+         r"CLEVR scenes file not found: .*CLEVR_train_scenes\.json", "refused; says how to render or get one"),
+    Case("clevr-scene-without-pixel-coords", lambda d: clevr(d, drop_pixel_coords=True),
+         r"scene 1 \(CLEVR_train_000001\.png\) has an object without pixel_coords",
+         "refused; names the scene (Dist labels need the depth)"),
+    Case("nan-weights", nan_weights, r"NaN/inf features for images 0-\d+ of digits",
+         "refused at the first batch; nothing cached or recorded", check=no_feature_entry),
+    Case("inf-weights", inf_weights, r"NaN/inf features", "as NaN", check=no_feature_entry),
+    Case("battery-unknown-task", lambda d: bad_battery(d, "tasks:\n  - task: knm\n    dataset: digits\n"),
+         r"unknown task 'knm' \(did you mean 'knn'\?\)", "battery validated before anything runs"),
+    Case("battery-wrongly-typed-parameter",
+         lambda d: bad_battery(d, "tasks:\n  - task: knn\n    dataset: digits\n    params: {temperature: warm}\n"),
+         r"parameter 'temperature' of task 'knn' must be float, got 'warm'", "battery type-checked before anything runs"),
+    Case("unwritable-output-folder", unwritable_out, r"output folder .* is not writable",
+         "checked by a test write before any work"),
+    Case("write-error-mid-record", record_write_error, r"could not write the record .*: File too large; nothing "
+         r"was recorded", "the half-written temporary file is removed; no record, the job reruns next time",
+         subprocess=True, preexec=small_file_limit),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, tmp_path: Path, capsys) -> None:
+    argv = case.setup(tmp_path)
+    if case.subprocess:
+        proc = cli_subprocess(argv, preexec_fn=case.preexec)
+        code, err = proc.returncode, proc.stderr
+    else:
+        code, _, err = cli_inprocess(capsys, argv)
+    assert_clean_failure(code, err, tmp_path / "out", case.expect)
+    if case.check:
+        case.check(tmp_path)
+
+
+def test_the_corpus_is_big_enough_and_documented() -> None:
+    assert len(CASES) >= 15 and len({c.id for c in CASES}) == len(CASES)
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md").read_text()
+    missing = [c.id for c in CASES if f"`{c.id}`" not in doc]
+    assert not missing, f"cases not in docs/RELIABILITY.md: {missing}"
