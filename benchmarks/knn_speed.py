@@ -60,8 +60,7 @@ def torch_knn(train_x, train_y, test_x, test_y, k: int, temperature: float, chun
 
 
 def suite_knn(train_x, train_y, test_x, test_y, k: int, temperature: float) -> float:
-    # copies: knn.py's normalization may write into a float32 caller array (fixed on branch probes)
-    return knn_eval(train_x.copy(), train_y, test_x.copy(), test_y, ks=(k,), temperature=temperature)[k]
+    return knn_eval(train_x, train_y, test_x, test_y, ks=(k,), temperature=temperature)[k]
 
 
 def streaming_knn(train_x, train_y, test_x, test_y, k: int, temperature: float) -> float:
