@@ -10,6 +10,7 @@ import time
 import warnings
 
 import numpy as np
+import torch
 
 from benchmarks._common import say, table, update_results
 from benchmarks.knn_speed import clustered
@@ -64,7 +65,7 @@ def run(n_classes: int = 100, dim: int = 384, k: int = 13, seeds: int = 3, n_tes
            ["sklearn LogisticRegression loop", t_ref, 1.0, ref_top1, " ".join(f"{r['lambda']:.1e}" for r in ref)]])
     out = {"classes": n_classes, "dim": dim, "k_per_class": k, "subsets": seeds, "lambdas": len(DEFAULT_LAMBDAS),
            "seconds_suite": t_ours, "seconds_sklearn": t_ref, "top1_suite": ours.top1_mean, "top1_sklearn": ref_top1,
-           "same_lambda": same_lambda, "top1_diff": ours.top1_mean - ref_top1,
+           "same_lambda": same_lambda, "top1_diff": ours.top1_mean - ref_top1, "torch_threads": torch.get_num_threads(),
            "headline": {"lowshot_speedup_vs_sklearn_loop": t_ref / t_ours}}
     if save:
         update_results("lowshot_speed", out)
@@ -78,7 +79,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--k", type=int, default=13, help="labelled images per class (ImageNet-1% has ~13)")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for both methods (1 is much faster for small solves on a busy machine)")
     a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     return run(40, 256, a.k, 2, 2000) if a.quick else run(a.classes, a.dim, a.k, a.seeds)
 
 

@@ -23,6 +23,7 @@ except ImportError:
 from benchmarks._common import RESULTS, say, update_results  # noqa: E402
 
 QUICK = ["knn_speed", "extract_speed", "head_grid", "lowshot_speed"]
+EXTRA_ARGS = {"lowshot_speed": ["--threads", "1"]}   # small batched solves: one thread avoids OpenMP barriers
 
 
 def demo_wall(path: Path = ROOT / "reports" / "demo" / "timing.json") -> dict:
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         try:
             module = importlib.import_module(f"benchmarks.{name}")
-            module.main([] if a.full or name == "scale" else ["--quick"])
+            module.main(([] if a.full or name == "scale" else ["--quick"]) + EXTRA_ARGS.get(name, []))
         except ImportError as e:   # a probe this checkout does not have yet
             say(f"   skipped: {e}")
             update_results(name, {"skipped": str(e)})
