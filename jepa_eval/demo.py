@@ -94,7 +94,10 @@ def run(out: Path, report: Path, quick: bool = False) -> dict:
     timings["decoder_s"] = time.time() - t
 
     t = _stage("4/4 the report")
-    _call("report", "--results", results, "--out", report, "--title", "jepa-eval demo")
+    caption = ("What the predictor sees: per row the image, the context block, the target box, samples "
+               "decoded from the predictor's output, then samples from the true target representation")
+    _call("report", "--results", results, "--out", report, "--title", "jepa-eval demo",
+          "--figure", f"{figure}={caption}")
     timings["report_s"] = time.time() - t
     timings["wall_s"] = time.time() - t_start
     (report / "timing.json").write_text(json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=1) + "\n")
