@@ -88,7 +88,7 @@ def run(out: Path, report: Path, quick: bool = False) -> dict:
     report.mkdir(parents=True, exist_ok=True)
     decoder = out / "decoder"
     _call("decoder", "train", "--checkpoint", ck, "--dataset", data, "--out", decoder, "--config", "cpu",
-          "--max-steps", 20 if quick else 600, *(["--resume"] if (decoder / "state.pt").exists() else []))
+          "--max-steps", 20 if quick else 300, *(["--resume"] if (decoder / "state.pt").exists() else []))
     _call("decoder", "visualize", "--checkpoint", ck, "--decoder", decoder, "--dataset", data, "--out", figure,
           "--n-images", 4, "--n-samples", 3)
     timings["decoder_s"] = time.time() - t
