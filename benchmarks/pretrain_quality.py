@@ -62,6 +62,8 @@ def baselines(cfg, args: argparse.Namespace) -> tuple[dict, tuple]:
     xtr, ytr = images(tr)
     xte, yte = images(te)
     results: dict = {"config": args.config, "train_samples": len(ytr), "test_samples": len(yte), "k": args.k}
+    if args.no_baselines:  # e.g. when comparing runs of one architecture, whose baselines are known
+        return results, (xtr, ytr, xte, yte)
     results["raw_pixels"] = probe(xtr.flatten(1).numpy(), ytr, xte.flatten(1).numpy(), yte, args.k)
     random_target = build_models(cfg)[2]  # the exact initial weights of the run below
     results["random_init"] = probe(pooled(random_target, xtr), ytr, pooled(random_target, xte), yte, args.k)
@@ -135,8 +137,9 @@ def report(r: dict) -> None:
     print(f"\n{r['config']}: {r['steps']} steps in {r['train_seconds']} s ({r['steps_per_s']} steps/s); "
           f"probes on {r['train_samples']} train / {r['test_samples']} test images, k = {r['k']}")
     print(f"{'representation':<16}{'k-NN':>8}{'linear':>8}")
-    for name, acc in (("target encoder", f["target"]), ("context encoder", f["context"]),
-                      ("random init", r["random_init"]), ("raw pixels", r["raw_pixels"])):
+    rows = [("target encoder", f["target"]), ("context encoder", f["context"])]
+    rows += [(n, r[k]) for n, k in (("random init", "random_init"), ("raw pixels", "raw_pixels")) if k in r]
+    for name, acc in rows:
         print(f"{name:<16}{acc['knn']:>8.1f}{acc['linear']:>8.1f}")
     print("\ncurve (train seconds: target k-NN / linear):")
     for row in r["curve"]:
@@ -157,6 +160,7 @@ def cli() -> None:
     p.add_argument("--out", default=None, help="checkpoint folder (default: a temporary one)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--no-baselines", action="store_true", help="skip the raw-pixel and random-init probes")
     p.add_argument("--threads", type=int, default=1, help="torch/faiss CPU threads (0: library default)")
     args = p.parse_args()
     if args.threads:  # OpenMP spinning makes 2 threads far slower than 1 on a busy shared CPU

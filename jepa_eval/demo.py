@@ -25,11 +25,6 @@ from .errors import UserError
 DEMO_CONFIG = "tiny-fashion-mnist"
 
 
-def demo_checkpoint() -> Path:
-    """The shipped demo weights (official layout), trained by the suite itself; see assets/demo/README.md."""
-    return Path(__file__).resolve().parent / "assets" / "demo" / "jepa-demo.pth.tar"
-
-
 def _stage(title: str) -> float:
     print(f"\n==> {title}", flush=True)
     return time.time()
@@ -61,9 +56,8 @@ def random_init_checkpoint(path: Path, config: str = DEMO_CONFIG, seed: int = 0)
 def run(out: Path, report: Path, quick: bool = False) -> dict:
     t_start = time.time()
     timings: dict[str, float] = {}
-    ck = demo_checkpoint()
-    if not ck.is_file():
-        raise UserError(f"the shipped demo checkpoint is missing: {ck}")
+    from .assets import demo_checkpoint_path
+    ck = demo_checkpoint_path()
     from .datasets.builtin import fashion_mnist_available
     data = "fashion-mnist" if fashion_mnist_available() else "digits"
     print(f"demo: data = {data}; work folder {out}; report {report}")
@@ -94,13 +88,16 @@ def run(out: Path, report: Path, quick: bool = False) -> dict:
     report.mkdir(parents=True, exist_ok=True)
     decoder = out / "decoder"
     _call("decoder", "train", "--checkpoint", ck, "--dataset", data, "--out", decoder, "--config", "cpu",
-          "--max-steps", 20 if quick else 600, *(["--resume"] if (decoder / "state.pt").exists() else []))
+          "--max-steps", 20 if quick else 300, *(["--resume"] if (decoder / "state.pt").exists() else []))
     _call("decoder", "visualize", "--checkpoint", ck, "--decoder", decoder, "--dataset", data, "--out", figure,
           "--n-images", 4, "--n-samples", 3)
     timings["decoder_s"] = time.time() - t
 
     t = _stage("4/4 the report")
-    _call("report", "--results", results, "--out", report, "--title", "jepa-eval demo")
+    caption = ("What the predictor sees: per row the image, the context block, the target box, samples "
+               "decoded from the predictor's output, then samples from the true target representation")
+    _call("report", "--results", results, "--out", report, "--title", "jepa-eval demo",
+          "--figure", f"{figure}={caption}")
     timings["report_s"] = time.time() - t
     timings["wall_s"] = time.time() - t_start
     (report / "timing.json").write_text(json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=1) + "\n")

@@ -122,10 +122,8 @@ def load(dirs: str | os.PathLike | Iterable[str | os.PathLike]) -> pd.DataFrame:
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Checkpoint/encoder x entry table of primary metrics (mean over repeats; missing cells stay)."""
-    prim = df[df["primary"]]
-    if prim.empty:
-        return pd.DataFrame()
-    prim = prim.assign(column=prim["entry"] + " (" + prim["metric"] + ")",
-                       model=prim["checkpoint"] + " [" + prim["encoder"] + "]")
-    return prim.pivot_table(index="model", columns="column", values="value", aggfunc="mean", dropna=False)
+    """Checkpoint [encoder] x entry table of primary metrics, as the report shows it: repeats as
+    mean ± std (n), records of different weights never merged, missing cells kept as "—"."""
+    from .report.tables import aggregate, pivot
+    agg = aggregate(df)
+    return pd.DataFrame() if agg.empty else pivot(agg)[1]

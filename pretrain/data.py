@@ -15,8 +15,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import functional as TF
 
-from jepa_eval.datasets import get_dataset
+from jepa_eval.datasets import DATASETS, get_dataset
 from jepa_eval.datasets.base import IMAGENET_MEAN, IMAGENET_STD, ImageDataset
+
+from jepa_eval.errors import UserError, did_you_mean
 
 from .config import DataConfig
 
@@ -100,6 +102,9 @@ class EpochSampler(Sampler):
 
 
 def build_dataset(cfg: DataConfig, seed: int = 0) -> CropDataset:
+    if cfg.dataset not in DATASETS:
+        raise UserError(f"this config trains on dataset '{cfg.dataset}', which this installation does not "
+                        f"provide{did_you_mean(cfg.dataset, DATASETS.names())}; available: {', '.join(DATASETS.names())}")
     base = get_dataset(cfg.dataset, cfg.root, split=cfg.split, image_size=cfg.img_size,
                        max_samples=cfg.max_samples, seed=seed)
     return CropDataset(base, SeededRandomResizedCrop(cfg.img_size, cfg.crop_scale))

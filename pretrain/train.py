@@ -156,7 +156,6 @@ def main(config: Config | str | Path, out: str | Path, epochs: int | None = None
         cfg.optimization.epochs = int(epochs)
     cfg.resolve()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     rank, world, device = _distributed()
     if device.type == "cpu" and cfg.meta.cpu_threads:
         torch.set_num_threads(cfg.meta.cpu_threads)
@@ -168,6 +167,7 @@ def main(config: Config | str | Path, out: str | Path, epochs: int | None = None
         raise UserError(f"{out} already holds {latest.name}; pass --resume to continue it or choose another --out")
 
     ds = build_dataset(cfg.data, seed=cfg.meta.seed)
+    out.mkdir(parents=True, exist_ok=True)
     sampler = EpochSampler(len(ds), cfg.data.batch_size, cfg.meta.seed, rank, world)
     ipe = sampler.batches_per_epoch
     if ipe == 0:

@@ -66,6 +66,7 @@ def test_status_needs_a_submission(tmp_path, capsys):
     assert "no submission.json" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # three job processes, each importing torch
 def test_local_launcher_matches_in_process_and_resubmits_nothing(tmp_path, monkeypatch, capsys):
     battery = write_battery(tmp_path / "b.yaml", KNN_A)
     ref = tmp_path / "ref"
@@ -98,6 +99,7 @@ def test_local_launcher_matches_in_process_and_resubmits_nothing(tmp_path, monke
     assert len(load_submission(out)["submissions"]) == 2  # features, then probes; no third
 
 
+@pytest.mark.slow
 def test_pretrain_job_runs_every_rank_and_resumes_from_latest(tmp_path, monkeypatch):
     from jepa_eval.launchers.pretrain_job import LATEST, PretrainJob, submit_pretrain
     mod = tmp_path / "mod"

@@ -147,3 +147,15 @@ def test_masks_command_draws_png(tmp_path) -> None:
     out = tmp_path / "masks.png"
     assert cli(["masks", "--config", "tiny-digits", "--out", str(out), "--n", "3"]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 2000
+
+
+def test_missing_dataset_plugin_is_a_clear_error(tmp_path, capsys) -> None:
+    from jepa_eval.datasets import DATASETS
+    if "clevr-count" in DATASETS:  # the CLEVR plug-in is installed: check the same path with a fake name
+        cfg = tmp_path / "x.yaml"
+        cfg.write_text("data:\n  dataset: no-such-set\nmodel:\n  name: vit_tiny\n  patch_size: 16\n")
+        args, name = ["--config", str(cfg)], "no-such-set"
+    else:
+        args, name = ["--config", "tiny-clevr"], "clevr-count"
+    assert cli(["pretrain", *args, "--out", str(tmp_path / "o")]) == 2
+    assert f"dataset '{name}'" in capsys.readouterr().err

@@ -140,7 +140,8 @@ def test_paper_recipe_trains_on_augmented_images(tmp_path):
     cached, paper = run_battery(tmp_path, "tasks:\n" + entry.format("cached") + entry.format("paper"))
     assert paper["chosen"]["recipe"] == "paper" and cached["chosen"]["recipe"] == "cached"
     # same seed, data, heads and hold-out: only the training stream (random crops + flips) differs
-    assert [g["holdout_top1"] for g in paper["details"]["grid"]] != [g["holdout_top1"] for g in cached["details"]["grid"]]
+    holdout = [[g["holdout_top1"] for g in rec["details"]["grid"]] for rec in (cached, paper)]
+    assert holdout[0] != holdout[1]
     assert 0.0 <= paper["metrics"]["top1"] <= 100.0 and paper["details"]["n_test"] == 100
 
 
@@ -161,3 +162,18 @@ def test_a_diverged_head_scores_zero_and_others_are_unaffected():
     alone = linear_probe({"a": (x, y, tx * 100, ty)}, LinearConfig(**{**cfg.__dict__, "lrs": [1e-4]}))
     assert res.grid[1]["holdout_top1"] == 0.0 and res.chosen["lr"] == 1e-4
     assert res.grid[0]["holdout_top1"] == alone.grid[0]["holdout_top1"] and res.top1 == alone.top1
+
+
+def test_shipped_batteries_validate(monkeypatch):
+    from jepa_eval.battery import load_battery
+    monkeypatch.setenv("CLEVR_ROOT", "/data/CLEVR_v1.0")
+    default = {e.id: e for e in load_battery("default").entries}
+    assert {e.task for e in default.values()} == {"knn", "linear", "lowshot", "attentive"}
+    assert all(e.datasets == ["fashion-mnist", "digits"] and e.max_samples for e in default.values())
+    assert len(default["linear"].params.config(0).heads()) >= 24
+    paper = {e.id: e for e in load_battery("ijepa-paper").entries}
+    for name in ("clevr-count", "clevr-dist"):
+        assert paper[name].task == "linear" and paper[name].datasets == [name]
+        assert paper[name].splits == {"train": "train800val200", "test": "test"}
+        assert paper[name].root == "/data/CLEVR_v1.0"
+    assert paper["in1k-1pct"].params.subset_files and paper["in1k-linear"].splits["test"] == "val"

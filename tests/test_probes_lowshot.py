@@ -94,7 +94,8 @@ def folder(tmp_path):
     for cls in ("n01", "n02"):
         for i in range(5):
             (tmp_path / "train" / cls).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "train" / cls / f"{cls}_{i}.png")
+            image = Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+            image.save(tmp_path / "train" / cls / f"{cls}_{i}.png")
     return tmp_path
 
 

@@ -45,7 +45,7 @@ def test_load_gives_one_row_per_metric_and_ignores_foreign_json(tmp_path):
     assert len(df) == 4 and set(df.checkpoint) == {"ck1", "ck2"}
     assert df[df.primary].set_index("checkpoint")["value"].to_dict() == {"ck1": 50.0, "ck2": 70.0}
     table = results.summary_table(df)
-    assert table.shape == (2, 2) and table.isna().sum().sum() == 2  # missing cells are kept, not dropped
+    assert table.shape == (2, 2) and (table == "—").sum().sum() == 2  # missing cells are kept, not dropped
     with pytest.raises(UserError, match="results folder not found"):
         results.load(tmp_path / "absent")
 

@@ -15,8 +15,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/jepa-latest.pth.tar")
     p.add_argument("--root", default=None, help="dataset folder (overrides data.root)")
     p.add_argument("--seed", type=int, default=None, help="override meta.seed")
-    p.add_argument("--launcher", choices=["local"], default="local",
-                   help="where to run: in this process (torchrun for several GPUs)")
+    p.add_argument("--launcher", choices=["inprocess", "local", "slurm"], default="inprocess",
+                   help="inprocess (default; use torchrun for several GPUs), local (submitit on this machine) "
+                        "or slurm (DDP job, requeued and resumed from jepa-latest.pth.tar on preemption)")
+    g = p.add_argument_group("submitted jobs (--launcher local|slurm)")
+    g.add_argument("--nodes", type=int, default=1)
+    g.add_argument("--gpus-per-node", type=int, default=1, help="one DDP process per GPU")
+    g.add_argument("--partition", help="SLURM partition (required for slurm)")
+    g.add_argument("--cpus-per-task", type=int, help="CPU cores per process (required for slurm)")
+    g.add_argument("--timeout-min", type=int, help="time limit in minutes (required: never defaulted)")
+    g.add_argument("--mem-gb", type=float, help="memory per node in GB (default: the partition's)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,7 +39,22 @@ def run(args: argparse.Namespace) -> int:
     for name, value in (("--epochs", args.epochs), ("--max-steps", args.max_steps)):
         if value is not None and value < 1:
             raise UserError(f"{name} must be positive, got {value}")
-    cfg = load_config(args.config, **overrides)
+    cfg = load_config(args.config, **overrides)  # validates the config before anything is submitted
+    if args.launcher != "inprocess":
+        import yaml
+        from pathlib import Path
+        from jepa_eval.launchers.pretrain_job import submit_pretrain
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        resolved = out / "submitted-config.yaml"  # the job reads exactly what was validated here
+        resolved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        job = submit_pretrain(str(resolved), out, launcher=args.launcher, nodes=args.nodes,
+                              gpus_per_node=args.gpus_per_node, partition=args.partition,
+                              cpus_per_task=args.cpus_per_task, timeout_min=args.timeout_min, mem_gb=args.mem_gb,
+                              overrides={k: v for k, v in (("epochs", args.epochs), ("max_steps", args.max_steps))
+                                         if v is not None})
+        print(f"submitted pretraining job {job.job_id}; follow it with `jepa-eval status {out}`")
+        return 0
     summary = main(cfg, args.out, epochs=args.epochs, max_steps=args.max_steps, resume=args.resume)
     print(f"{summary['step']}/{summary['total_steps']} steps, loss {summary['loss']:.4f}, "
           f"{summary['steps_per_s']:.2f} steps/s; checkpoint {summary['checkpoint']}")

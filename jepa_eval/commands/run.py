@@ -61,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     table = summary_table(load(out))
     if not table.empty:
-        print(table.round(2).to_string(na_rep="—"))
+        print(table.to_string())
     print(f"records in {out / 'records'}")
     return 0

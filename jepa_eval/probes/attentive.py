@@ -123,8 +123,9 @@ def attentive_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray
         for i, (xb, yb) in enumerate(epoch_batches(train_x, train_y, fit_rows, cfg.batch_size, cfg.seed,
                                                     epoch, chunk, device)):
             t = epoch + min(i / steps, 1.0)
+            cosine_span = max(cfg.epochs - cfg.warmup_epochs, 1e-8)
             factor = (t / cfg.warmup_epochs if t < cfg.warmup_epochs
-                      else 0.5 * (1 + math.cos(math.pi * (t - cfg.warmup_epochs) / max(cfg.epochs - cfg.warmup_epochs, 1e-8))))
+                      else 0.5 * (1 + math.cos(math.pi * (t - cfg.warmup_epochs) / cosine_span)))
             for m, o, lr in zip(models, opts, cfg.lrs):
                 for group in o.param_groups:
                     group["lr"] = lr * factor

@@ -26,8 +26,8 @@ Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]   # epoch
 
 @dataclass
 class LinearConfig:
-    lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3])
-    wds: list[float] = field(default_factory=lambda: [0.0, 1e-4, 5e-4])
+    lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0])
+    wds: list[float] = field(default_factory=lambda: [0.0, 5e-4, 5e-3])
     norms: list[str] = field(default_factory=lambda: list(NORMS))
     epochs: int = 20
     batch_size: int = 256
@@ -148,7 +148,8 @@ def grid_scores(model: HeadGrid, x: np.ndarray, y: np.ndarray, rows: np.ndarray 
         hit = top == truth[None, :, None]
         correct1 = correct1 + hit[..., 0].sum(1).cpu()
         correct5 = correct5 + hit.any(-1).sum(1).cpu()
-    finite = (torch.isfinite(model.weight).all(1).all(-1).flatten() & torch.isfinite(model.bias).all(-1).flatten()).cpu()
+    finite = torch.isfinite(model.weight).all(1).all(-1).flatten() & torch.isfinite(model.bias).all(-1).flatten()
+    finite = finite.cpu().numpy()
     top1 = 100.0 * np.asarray(correct1, dtype=np.float64) / len(rows)
     top5 = 100.0 * np.asarray(correct5, dtype=np.float64) / len(rows)
     return np.where(finite, top1, 0.0), np.where(finite, top5, 0.0)

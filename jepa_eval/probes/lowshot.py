@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..errors import UserError
 from .stream import chunk_rows, iter_blocks
 
-DEFAULT_LAMBDAS = tuple(float(v) for v in np.logspace(0, -7, 15))
+DEFAULT_LAMBDAS = tuple(float(v) for v in np.logspace(1, -9, 21))
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

@@ -15,25 +15,29 @@ RECIPES = ("cached", "paper")
 
 
 def augmented_batches(ctx, pooling: str, batch_size: int, seed: int) -> Callable[[np.ndarray], Batches]:
-    """The paper's recipe: each epoch re-encodes the training images under RandomResizedCrop + flip."""
+    """The paper's recipe: each epoch re-encodes the training images under RandomResizedCrop + flip
+    (or the dataset's own ``train_transform``, e.g. CLEVR's flip-only)."""
     from torchvision import transforms as T
 
     from ..datasets.base import IMAGENET_MEAN, IMAGENET_STD
     from ..features import pool
     size = int(ctx.checkpoint.meta["img_size"])
     ds = ctx.dataset("train")
-    ds.set_transform(T.Compose([T.RandomResizedCrop(size, interpolation=T.InterpolationMode.BICUBIC),
-                                T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]),
-                     f"rrc{size}-flip-imagenetnorm")
+    if hasattr(ds, "train_transform"):   # a dataset with its own recipe (CLEVR: resize + flip, no crop)
+        ds.set_transform(ds.train_transform(size), f"train-transform{size}")
+    else:
+        ds.set_transform(T.Compose([T.RandomResizedCrop(size, interpolation=T.InterpolationMode.BICUBIC),
+                                    T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]),
+                         f"rrc{size}-flip-imagenetnorm")
     encoder = ctx.checkpoint.get_encoder(ctx.encoder).to(ctx.device).eval()
     cuda = ctx.device.type == "cuda"
 
     def make(fit_rows: np.ndarray) -> Batches:
         def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             torch.manual_seed(seed * 100003 + epoch)   # crops and order are reproducible per epoch
-            loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, fit_rows.tolist()),
-                                                 batch_size=batch_size, shuffle=True, drop_last=len(fit_rows) > batch_size,
-                                                 num_workers=4 if cuda else 0, pin_memory=cuda)
+            loader = torch.utils.data.DataLoader(
+                torch.utils.data.Subset(ds, fit_rows.tolist()), batch_size=batch_size, shuffle=True,
+                drop_last=len(fit_rows) > batch_size, num_workers=4 if cuda else 0, pin_memory=cuda)
             for images, labels in loader:
                 with torch.no_grad(), torch.autocast(ctx.device.type, torch.bfloat16, enabled=cuda):
                     z = pool(encoder, images.to(ctx.device, non_blocking=cuda), pooling)
@@ -48,8 +52,8 @@ class LinearTask(Task):
 
     @dataclass
     class Params:
-        lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3])
-        wds: list[float] = field(default_factory=lambda: [0.0, 1e-4, 5e-4])
+        lrs: list[float] = field(default_factory=lambda: LinearConfig().lrs)
+        wds: list[float] = field(default_factory=lambda: LinearConfig().wds)
         norms: list[str] = field(default_factory=lambda: list(NORMS))
         epochs: int = 20
         batch_size: int = 256
