@@ -88,13 +88,16 @@ def run(out: Path, report: Path, quick: bool = False) -> dict:
     report.mkdir(parents=True, exist_ok=True)
     decoder = out / "decoder"
     _call("decoder", "train", "--checkpoint", ck, "--dataset", data, "--out", decoder, "--config", "cpu",
-          "--max-steps", 20 if quick else 600, *(["--resume"] if (decoder / "state.pt").exists() else []))
+          "--max-steps", 20 if quick else 300, *(["--resume"] if (decoder / "state.pt").exists() else []))
     _call("decoder", "visualize", "--checkpoint", ck, "--decoder", decoder, "--dataset", data, "--out", figure,
           "--n-images", 4, "--n-samples", 3)
     timings["decoder_s"] = time.time() - t
 
     t = _stage("4/4 the report")
-    _call("report", "--results", results, "--out", report, "--title", "jepa-eval demo")
+    caption = ("What the predictor sees: per row the image, the context block, the target box, samples "
+               "decoded from the predictor's output, then samples from the true target representation")
+    _call("report", "--results", results, "--out", report, "--title", "jepa-eval demo",
+          "--figure", f"{figure}={caption}")
     timings["report_s"] = time.time() - t
     timings["wall_s"] = time.time() - t_start
     (report / "timing.json").write_text(json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=1) + "\n")

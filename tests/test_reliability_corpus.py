@@ -4,7 +4,6 @@ temporary file. ``CASES`` is the table documented in docs/RELIABILITY.md (case -
 from __future__ import annotations
 
 import json
-import pickle
 import resource
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +14,7 @@ import torch
 from PIL import Image
 
 import ijepa_reference as ref
-from _reliability import (SPEC, assert_clean_failure, cli_inprocess, cli_subprocess, knn_entry, records,
-                                write_battery)
+from _reliability import SPEC, assert_clean_failure, cli_inprocess, cli_subprocess, knn_entry, write_battery
 
 
 @dataclass
@@ -218,9 +216,11 @@ CASES = [
          "refused by weights_only loading before any code runs (the marker file never appears)",
          check=marker_absent, subprocess=True),
     Case("official-missing-key", missing_key,
-         r"ijepa\.pth\.tar\[target_encoder\] does not match its architecture: missing keys: blocks\.0\.attn\.proj\.bias",
+         r"ijepa\.pth\.tar\[target_encoder\] does not match its architecture: "
+         r"missing keys: blocks\.0\.attn\.proj\.bias",
          "strict loading: names the missing key"),
-    Case("official-wrong-shape", wrong_shape, r"\[encoder\] .*shape mismatches: norm\.weight \(96,\) vs expected \(192,\)",
+    Case("official-wrong-shape", wrong_shape,
+         r"\[encoder\] .*shape mismatches: norm\.weight \(96,\) vs expected \(192,\)",
          "strict loading: names the key and both shapes"),
     Case("predictor-width-not-divisible-by-heads", predictor_heads,
          r"\[predictor\]: predictor width 32 is not divisible by the encoder's 3 heads",
@@ -251,7 +251,8 @@ CASES = [
          r"unknown task 'knm' \(did you mean 'knn'\?\)", "battery validated before anything runs"),
     Case("battery-wrongly-typed-parameter",
          lambda d: bad_battery(d, "tasks:\n  - task: knn\n    dataset: digits\n    params: {temperature: warm}\n"),
-         r"parameter 'temperature' of task 'knn' must be float, got 'warm'", "battery type-checked before anything runs"),
+         r"parameter 'temperature' of task 'knn' must be float, got 'warm'",
+         "battery type-checked before anything runs"),
     Case("unwritable-output-folder", unwritable_out, r"output folder .* is not writable",
          "checked by a test write before any work"),
     Case("write-error-mid-record", record_write_error, r"could not write the record .*: File too large; nothing "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 from pathlib import Path
 
@@ -34,7 +33,7 @@ def no_temp_files(folder: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------- feature extraction
-N_TRAIN, N_TEST, CHUNK = 3000, 100, 2048   # CHUNK: the feature cache's default chunk (two chunks here)
+N_TRAIN, N_TEST, CHUNK = 2600, 50, 2048   # CHUNK: the feature cache's default chunk (two chunks here)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -198,7 +197,7 @@ def test_kill_during_report_writing_keeps_the_old_report_whole(tmp_path, capsys)
 LINEAR = """task: linear
 id: linear
 dataset: digits
-max_samples: {train: 400, test: 100}
+max_samples: {train: 300, test: 50}
 pooling: lastPOOL
 params: {lrs: [0.01, 0.1], wds: [0.0, 0.0005], norms: [none, bn], epochs: 6, batch_size: 32}"""
 

@@ -13,6 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="results folders written by `jepa-eval run` or `watch`")
     p.add_argument("--out", required=True, help="report folder, e.g. reports/NAME")
     p.add_argument("--title", default="jepa-eval report", help="report title")
+    p.add_argument("--figure", action="append", default=[], metavar="PNG[=CAPTION]",
+                   help="embed an extra figure (e.g. from `jepa-eval decoder visualize`); repeatable")
     p.add_argument("--check", action="store_true",
                    help="open the HTML in headless Chromium, fail on console errors or broken figures, "
                         "and save OUT/screenshot.png")
@@ -20,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..report import build_report
-    paths = build_report(args.results, args.out, title=args.title)
+    extra = [tuple(f.split("=", 1)) if "=" in f else (f, "") for f in args.figure]
+    paths = build_report(args.results, args.out, title=args.title, extra_figures=extra)
     print(f"report: {paths.html}\n        {paths.markdown}\n        {paths.csv} ({len(paths.figures)} figures)")
     if args.check:
         from ..report.browser import check_page

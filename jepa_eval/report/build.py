@@ -47,7 +47,10 @@ def _remove_stale_temp_files(folders: Iterable[Path]) -> None:
 
 
 def build_report(results: Iterable[str | os.PathLike], out: str | os.PathLike,
-                 title: str = "jepa-eval report") -> ReportPaths:
+                 title: str = "jepa-eval report",
+                 extra_figures: Iterable[tuple[str | os.PathLike, str]] = ()) -> ReportPaths:
+    """``extra_figures``: (PNG path, caption) pairs embedded after the generated figures, e.g. the
+    predictor visualization of `jepa-eval decoder visualize`."""
     dirs = [Path(d) for d in results]
     df = load(dirs)
     records = [rec for _, rec in iter_records(dirs)]
@@ -63,6 +66,12 @@ def build_report(results: Iterable[str | os.PathLike], out: str | os.PathLike,
     pub = published_table(published)
     meta = metadata_table(records).set_index("checkpoint")
     fig_list = figs.all_figures(agg, records)
+    for path, caption in extra_figures:
+        path = Path(path)
+        if not path.is_file() or path.read_bytes()[:8] != b"\x89PNG\r\n\x1a\n":
+            raise UserError(f"--figure {path}: not a PNG file")
+        fig_list.append(figs.ReportFigure(name=path.stem, title=caption or path.stem, caption=caption,
+                                          png=path.read_bytes()))
 
     n_missing = int((display.loc[list(dict.fromkeys(agg["model"]))] == "—").sum().sum())
     repeats = int((agg["n"] > 1).sum())
