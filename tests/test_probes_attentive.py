@@ -87,3 +87,9 @@ def test_end_to_end_on_digits(tmp_path):
     rec = json.loads(path.read_text())
     assert rec["pooling"] == "tokens" and rec["selected_on"] == "train-holdout-10%"
     assert rec["metrics"]["top1"] > 30.0 and "top5" in rec["metrics"]
+
+
+def test_default_head_count_divides_any_width():
+    from jepa_eval.probes.attentive import AttentiveProbe
+    probe = AttentiveProbe(2352, 10)  # raw 28x28x3 pixels: 2352 // 64 = 36 does not divide 2352
+    assert 2352 % probe.pool.num_heads == 0 and probe.pool.num_heads == 28

@@ -27,7 +27,7 @@ class AttentiveConfig:
     weight_decay: float = 0.01
     epochs: int = 20
     batch_size: int = 128
-    num_heads: int = 0            # 0: width // 64 (at least 1), as in ViTs
+    num_heads: int = 0            # 0: about width // 64, the largest such count dividing the width
     mlp_ratio: float = 4.0
     warmup_epochs: float = 1.0
     seed: int = 0
@@ -45,7 +45,10 @@ class AttentiveConfig:
 class AttentiveProbe(nn.Module):
     def __init__(self, dim: int, n_classes: int, num_heads: int = 0, mlp_ratio: float = 4.0) -> None:
         super().__init__()
-        num_heads = num_heads or max(1, dim // 64)
+        if not num_heads:  # the ViT convention (64 channels a head), lowered until it divides the width
+            num_heads = max(1, dim // 64)
+            while dim % num_heads:
+                num_heads -= 1
         if dim % num_heads:
             raise UserError(f"num_heads={num_heads} does not divide the token width {dim}")
         self.pool = AttentionPoolLatent(dim, num_heads=num_heads, mlp_ratio=mlp_ratio, norm_layer=nn.LayerNorm)
