@@ -133,6 +133,11 @@ def test_requeued_job_resumes_without_redoing_work(tmp_path, reference, how):
         subprocess.run(["scontrol", "requeue", probe["job_id"]], check=True)
     else:
         subprocess.run(["scancel", "--signal=USR2", probe["job_id"]], check=True)
+    # on an idle machine the first run may finish its record before SLURM's kill lands (submitit
+    # bypasses SIGTERM), so "done" can be reported before the requeued run starts: wait for that run
+    while log.read_text().count("unit   probe") < 2 or squeue_state(probe["job_id"]):
+        assert time.time() < deadline, "the requeued probe job never ran again"
+        time.sleep(0.5)
     rows = wait(out, poll_s=2, timeout_s=WAIT_S)
     assert all(r["state"] == "done" for r in rows), rows
     assert log.read_text().count("unit   probe") == 2  # it started again after the requeue...
