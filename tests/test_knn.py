@@ -8,13 +8,7 @@ from jepa_eval.probes.knn import knn_eval
 from jepa_eval.task import TASKS, build_params
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: thread synchronisation costs far more than it saves (and CI cores are shared)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def blobs(n, classes, dim=16, seed=0, spread=0.2):

@@ -11,13 +11,7 @@ from jepa_eval.probes.attentive import AttentiveConfig, attentive_probe
 from jepa_eval.task import TASKS, build_params
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: thread synchronisation costs far more than it saves (and CI cores are shared)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CODES = np.random.default_rng(11).normal(size=(4, 16)) * 3
 FAST = dict(epochs=6, batch_size=32, lrs=[3e-3, 1e-3])

@@ -12,13 +12,7 @@ from jepa_eval.probes.stream import epoch_batches, holdout_split
 from jepa_eval.task import TASKS, build_params
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: thread synchronisation costs far more than it saves (and CI cores are shared)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = dict(lrs=[0.01, 0.1], wds=[0.0, 5e-4], epochs=5, batch_size=64)
 

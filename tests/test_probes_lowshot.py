@@ -14,13 +14,7 @@ from jepa_eval.probes.lowshot import (fit_logreg_path, k_per_class_subset, l2_no
 from jepa_eval.task import TASKS, build_params
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: thread synchronisation costs far more than it saves (and CI cores are shared)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 LAMBDAS = [1e-1, 1e-2, 1e-3, 1e-4]
 

@@ -18,6 +18,21 @@ def _normalized(x: np.ndarray, start: int, stop: int) -> np.ndarray:
     return block
 
 
+def check_knn_inputs(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                     ks: Sequence[int]) -> tuple[np.ndarray, np.ndarray, list[int], int]:
+    """Labels as int64, the sorted distinct ks and the largest usable k; UserError for bad input."""
+    train_y, test_y = np.asarray(train_y, dtype=np.int64), np.asarray(test_y, dtype=np.int64)
+    if len(train_x) != len(train_y) or len(test_x) != len(test_y):
+        raise UserError("features and labels differ in length")
+    if len(train_x) == 0 or len(test_x) == 0:
+        raise UserError("k-NN needs at least one training and one test image")
+    ks = sorted({int(k) for k in ks})
+    if ks[0] < 1:
+        raise UserError(f"k must be positive, got {ks[0]}")
+    k_max = min(ks[-1], len(train_x))
+    return train_y, test_y, ks, k_max
+
+
 def _gpu_index(dim: int):
     import faiss
     if hasattr(faiss, "StandardGpuResources") and torch.cuda.is_available():
@@ -31,15 +46,7 @@ def knn_eval(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_
              chunk: int = 65536) -> dict[int, float]:
     """Top-1 accuracy (percent) for each k. Votes are weighted by exp(sim / T); the class count comes
     from the training labels. Features may be memory-maps: they are normalized chunk by chunk."""
-    train_y, test_y = np.asarray(train_y, dtype=np.int64), np.asarray(test_y, dtype=np.int64)
-    if len(train_x) != len(train_y) or len(test_x) != len(test_y):
-        raise UserError("features and labels differ in length")
-    if len(train_x) == 0 or len(test_x) == 0:
-        raise UserError("k-NN needs at least one training and one test image")
-    ks = sorted({int(k) for k in ks})
-    if ks[0] < 1:
-        raise UserError(f"k must be positive, got {ks[0]}")
-    k_max = min(ks[-1], len(train_x))
+    train_y, test_y, ks, k_max = check_knn_inputs(train_x, train_y, test_x, test_y, ks)
     n_classes = int(train_y.max()) + 1
     index, _res = _gpu_index(train_x.shape[1])
     for start in range(0, len(train_x), chunk):

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from .knn import check_knn_inputs
 
 
 def _unit_rows(x: np.ndarray) -> torch.Tensor:
@@ -23,15 +24,7 @@ def knn_eval_streaming(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndar
                        ks: Sequence[int] = (10, 20, 100, 200), temperature: float = 0.07,
                        chunk: int = 65536, query_chunk: int = 8192) -> dict[int, float]:
     """Top-1 accuracy (percent) for each k, votes weighted by exp(sim / T), as ``knn_eval``."""
-    train_y, test_y = np.asarray(train_y, dtype=np.int64), np.asarray(test_y, dtype=np.int64)
-    if len(train_x) != len(train_y) or len(test_x) != len(test_y):
-        raise UserError("features and labels differ in length")
-    if len(train_x) == 0 or len(test_x) == 0:
-        raise UserError("k-NN needs at least one training and one test image")
-    ks = sorted({int(k) for k in ks})
-    if ks[0] < 1:
-        raise UserError(f"k must be positive, got {ks[0]}")
-    k_max = min(ks[-1], len(train_x))
+    train_y, test_y, ks, k_max = check_knn_inputs(train_x, train_y, test_x, test_y, ks)
     queries = _unit_rows(test_x)
     best_s = torch.full((len(queries), k_max), -torch.inf)
     best_i = torch.zeros((len(queries), k_max), dtype=torch.int64)
