@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from jepa_eval.errors import UserError
-from jepa_eval.probes.linear import LinearConfig, cached_batches, fit_grid, grid_scores, linear_probe
+from jepa_eval.probes.linear import (HeadGrid, LinearConfig, cached_batches, fit_grid, grid_gradients, grid_scores,
+                                     linear_probe)
 from jepa_eval.probes.stream import epoch_batches, holdout_split
 from jepa_eval.task import TASKS, build_params
 
@@ -64,6 +65,21 @@ def test_batched_heads_equal_heads_trained_alone():
         one = fit_grid(24, 5, cached_batches(x, y, rows, one_cfg, "cpu"), 300, one_cfg)
         g, l = divmod(h, 4)
         torch.testing.assert_close(grid.weight[g, :, l], one.weight[0, :, 0], rtol=1e-4, atol=1e-5)
+
+
+def test_hand_written_gradients_equal_autograd():
+    torch.manual_seed(0)
+    model = HeadGrid(24, 5, ["none", "bn"], 3)
+    with torch.no_grad():
+        model.weight.normal_(), model.bias.normal_()
+    x, y = torch.randn(40, 24), torch.randint(0, 5, (40,))
+    logits = model.train()(x)                                              # [H, B, C]
+    loss = sum(torch.nn.functional.cross_entropy(head, y) for head in logits)
+    loss.backward()
+    model.running_mean.zero_(), model.running_var.fill_(1.0)
+    grad_w, grad_b = grid_gradients(model, x, y)
+    torch.testing.assert_close(grad_w, model.weight.grad)
+    torch.testing.assert_close(grad_b, model.bias.grad)
 
 
 def test_streaming_visits_every_fit_row_once_from_a_memmap(tmp_path):

@@ -75,6 +75,22 @@ class HeadGrid(nn.Module):
         return (logits + self.bias[:, None]).transpose(1, 2).reshape(g * l, -1, c)
 
 
+@torch.no_grad()
+def grid_gradients(model: HeadGrid, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients (weight [G, D, L, C], bias [G, L, C]) of every head's mean cross-entropy on one batch,
+    written out by hand: softmax minus one-hot is the logits' gradient, and one batched matmul per norm
+    group gives the weights'. Autograd would add a log-softmax backward pass and its temporaries."""
+    g, d, l, c = model.shape
+    inputs = torch.stack([x if n == "none" else F.batch_norm(x, model.running_mean, model.running_var,
+                                                            training=True, momentum=0.1, eps=1e-6)
+                          for n in model.norms])                                     # [G, B, D]
+    logits = torch.baddbmm(model.bias.view(g, 1, l * c), inputs, model.weight.view(g, d, l * c))
+    probs = torch.softmax(logits.view(g, -1, l, c), dim=-1)                          # [G, B, L, C]
+    probs.sub_(F.one_hot(y, c).to(probs.dtype)[None, :, None]).div_(len(y))
+    grad_w = torch.bmm(inputs.transpose(1, 2), probs.view(g, -1, l * c)).view(model.shape)
+    return grad_w, probs.sum(1)
+
+
 def _lr_factor(cfg: LinearConfig, progress: float) -> float:
     if cfg.schedule == "step":
         return 0.1 ** int(progress // 15)
@@ -109,17 +125,13 @@ def fit_grid(dim: int, n_classes: int, batches: Batches, n_fit: int, cfg: Linear
     for epoch in epochs:
         model.train()
         for i, (xb, yb) in enumerate(batches(epoch)):
+            grad_w, grad_b = grid_gradients(model, xb.float(), yb)
             factor = _lr_factor(cfg, epoch + min(i / steps, 1.0))
-            logits = model(xb.float())
-            # summed over heads, mean over the batch: each head gets exactly its own gradient
-            loss = F.cross_entropy(logits.reshape(-1, n_classes), yb.repeat(len(logits)), reduction="sum")
-            model.zero_grad(set_to_none=True)
-            (loss / len(yb)).backward()
-            with torch.no_grad():
-                buf_w.mul_(cfg.momentum).add_(model.weight.grad + wd_w * model.weight)
-                buf_b.mul_(cfg.momentum).add_(model.bias.grad)
-                model.weight.sub_(factor * lr_w * buf_w)
-                model.bias.sub_(factor * lr_b * buf_b)
+            with torch.no_grad():   # in place: no temporaries the size of the grid
+                buf_w.mul_(cfg.momentum).add_(grad_w.addcmul_(wd_w, model.weight))
+                buf_b.mul_(cfg.momentum).add_(grad_b)
+                model.weight.addcmul_(lr_w, buf_w, value=-factor)
+                model.bias.addcmul_(lr_b, buf_b, value=-factor)
         if not torch.isfinite(model.weight).all(dim=(1, 3)).any():
             raise UserError("every linear head diverged (NaN); lower the learning rates")
         if state_path is not None:

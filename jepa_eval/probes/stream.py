@@ -39,26 +39,33 @@ def chunk_rows(x: np.ndarray, budget_bytes: int = 256 << 20, minimum: int = 256)
 
 
 def read_rows(x: np.ndarray, start: int, stop: int, rows: np.ndarray | None = None) -> np.ndarray:
-    """Rows ``start:stop`` (optionally only the absolute indices ``rows`` within them) as a private
+    """Rows ``start:stop`` (or only the absolute indices ``rows`` within them, in that order) as a private
     float32 array; NaN/inf features are refused."""
-    block = np.array(x[start:stop], dtype=np.float32, copy=True)
-    if rows is not None:
-        block = block[rows - start]
+    part = x[start:stop]
+    block = np.asarray(part[rows - start] if rows is not None else part, dtype=np.float32)
+    if np.may_share_memory(block, part):    # never hand out a view of the (mem-mapped) source
+        block = block.copy()
     if not np.isfinite(block).all():
         raise UserError("features contain NaN or inf values; refusing to train on them")
     return block
+
+
+def _chunk_rows(x: np.ndarray, rows: np.ndarray, chunk: int, order: np.ndarray | None
+                ) -> Iterator[tuple[int, np.ndarray]]:
+    """(chunk index, the wanted sorted ``rows`` inside it) for each non-empty chunk, in ``order``."""
+    n_chunks = (len(x) + chunk - 1) // chunk
+    bounds = np.searchsorted(rows, np.arange(n_chunks + 1) * chunk)
+    for c in (range(n_chunks) if order is None else order):
+        if bounds[c + 1] > bounds[c]:
+            yield c, rows[bounds[c]:bounds[c + 1]]
 
 
 def iter_blocks(x: np.ndarray, rows: np.ndarray, chunk: int, order: np.ndarray | None = None
                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (features, row indices) for the wanted ``rows`` (sorted), one contiguous chunk of the file
     at a time, chunks visited in ``order`` (default: file order)."""
-    n_chunks = (len(x) + chunk - 1) // chunk
-    bounds = np.searchsorted(rows, np.arange(n_chunks + 1) * chunk)
-    for c in (range(n_chunks) if order is None else order):
-        sel = rows[bounds[c]:bounds[c + 1]]
-        if len(sel):
-            yield read_rows(x, c * chunk, min(len(x), (c + 1) * chunk), sel), sel
+    for c, sel in _chunk_rows(x, rows, chunk, order):
+        yield read_rows(x, c * chunk, min(len(x), (c + 1) * chunk), sel), sel
 
 
 def epoch_batches(x: np.ndarray, y: np.ndarray, rows: np.ndarray, batch_size: int, seed: int, epoch: int,
@@ -67,10 +74,10 @@ def epoch_batches(x: np.ndarray, y: np.ndarray, rows: np.ndarray, batch_size: in
     mini-batches. Deterministic given (seed, epoch), so a resumed run sees the same batches."""
     rng = np.random.default_rng([seed, epoch])
     n_chunks = (len(x) + chunk - 1) // chunk
-    for feats, sel in iter_blocks(x, rows, chunk, rng.permutation(n_chunks)):
-        perm = rng.permutation(len(sel))
-        feats_t = torch.from_numpy(feats[perm]).to(device)
-        labels_t = torch.from_numpy(np.asarray(y[sel][perm], dtype=np.int64)).to(device)
+    for c, sel in _chunk_rows(x, rows, chunk, rng.permutation(n_chunks)):
+        sel = sel[rng.permutation(len(sel))]     # gathered straight in shuffled order: one pass, one copy
+        feats_t = torch.from_numpy(read_rows(x, c * chunk, min(len(x), (c + 1) * chunk), sel)).to(device)
+        labels_t = torch.from_numpy(np.asarray(y[sel], dtype=np.int64)).to(device)
         for i in range(0, len(sel), batch_size):
             if len(sel) - i < 2 and len(sel) > 1:   # a batch of one breaks BatchNorm; fold it away
                 break
