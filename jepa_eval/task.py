@@ -67,10 +67,19 @@ def _type_ok(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
+def probe_config(params: Any, config_cls: type, seed: int) -> Any:
+    """The probe's config from task ``params`` that extend it (a ``Params(ProbeConfig)`` subclass), with the
+    run's ``seed``: the task layer adds its own fields without repeating the probe's."""
+    return config_cls(**{f.name: getattr(params, f.name) for f in dataclasses.fields(config_cls)
+                         if f.name != "seed"}, seed=seed)
+
+
 def build_params(task_cls: type[Task], given: dict[str, Any] | None, where: str) -> Any:
     """Validate a battery's parameters against the task's ``Params`` dataclass."""
     given = dict(given or {})
-    fields = {f.name: f for f in dataclasses.fields(task_cls.Params)}
+    if "seed" in given:   # the entry's seed also picks its subsets: one place, so the two cannot disagree
+        raise UserError(f"{where}: 'seed' is not a task parameter; give it on the entry, beside 'params'")
+    fields = {f.name: f for f in dataclasses.fields(task_cls.Params) if f.name != "seed"}
     unknown = sorted(set(given) - set(fields))
     if unknown:
         from .errors import did_you_mean

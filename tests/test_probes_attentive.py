@@ -87,3 +87,12 @@ def test_default_head_count_divides_any_width():
     from jepa_eval.probes.attentive import AttentiveProbe
     probe = AttentiveProbe(2352, 10)  # raw 28x28x3 pixels: 2352 // 64 = 36 does not divide 2352
     assert 2352 % probe.pool.num_heads == 0 and probe.pool.num_heads == 28
+
+
+def test_task_params_extend_the_probe_config_and_take_the_entry_seed():
+    from jepa_eval.tasks.attentive import AttentiveTask
+    p = build_params(AttentiveTask, {"lrs": [1e-3], "epochs": 2, "holdout_fraction": 0.2}, "entry")
+    cfg = p.config(7)
+    assert type(cfg) is AttentiveConfig and cfg.seed == 7 and cfg.lrs == [1e-3] and cfg.epochs == 2
+    with pytest.raises(UserError, match="beside 'params'"):
+        build_params(AttentiveTask, {"seed": 3}, "entry")

@@ -1,11 +1,11 @@
 """Attentive probe (V-JEPA style) on frozen patch tokens, selected on a training hold-out."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import UserError
 from ..probes.attentive import AttentiveConfig, attentive_probe
-from ..task import Task, TaskResult, register_task
+from ..task import Task, TaskResult, probe_config, register_task
 
 
 @register_task("attentive")
@@ -13,19 +13,11 @@ class AttentiveTask(Task):
     poolings = ("tokens",)
 
     @dataclass
-    class Params:
-        lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-4])
-        weight_decay: float = 0.01
-        epochs: int = 20
-        batch_size: int = 128
-        num_heads: int = 0
-        mlp_ratio: float = 4.0
-        warmup_epochs: float = 1.0
+    class Params(AttentiveConfig):          # the probe's own fields, plus the task's
         holdout_fraction: float = 0.1
 
         def config(self, seed: int) -> AttentiveConfig:
-            return AttentiveConfig(list(self.lrs), self.weight_decay, self.epochs, self.batch_size, self.num_heads,
-                                   self.mlp_ratio, self.warmup_epochs, seed)
+            return probe_config(self, AttentiveConfig, seed)
 
         def validate(self) -> str | None:
             if not 0 < self.holdout_fraction < 0.5:
