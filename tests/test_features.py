@@ -279,3 +279,32 @@ def test_an_entry_finished_by_another_process_while_waiting_is_not_rebuilt(tmp_p
     assert asked == [["lastPOOL"]] * 3 + [["concatPOOL2"]] * 3
     assert both["lastPOOL"].path.name == key and set(both) == {"lastPOOL", "concatPOOL2"}
 
+
+RUNNER_BATTERY = """description: two entries reading lastPOOL and concatPOOL2 of the same splits
+tasks:
+  - {task: knn, dataset: digits, max_samples: {train: 60, test: 30}, pooling: lastPOOL, params: {ks: [5]}}
+  - {task: linear, dataset: digits, max_samples: {train: 60, test: 30}, pooling: [lastPOOL, concatPOOL2],
+     params: {epochs: 1, lrs: [0.1], wds: [0.0], norms: [none]}}
+"""
+
+
+@pytest.mark.parametrize("launch", ["inprocess", "units"])
+def test_the_runner_extracts_every_pooling_of_a_split_in_one_pass(tmp_path, monkeypatch, launch, one_thread):
+    """k-NN runs first and reads lastPOOL only; the pass it starts also fills linear's concatPOOL2."""
+    from jepa_eval.launchers.units import UnitRunner, plan_units
+    from jepa_eval.runner import plan, run_in_process
+    battery = tmp_path / "b.yaml"
+    battery.write_text(RUNNER_BATTERY)
+    asked = []
+    real = features_mod.pool_many
+    monkeypatch.setattr(features_mod, "pool_many", lambda enc, x, ps: (asked.append(sorted(ps)), real(enc, x, ps))[1])
+    jobs = plan([SPEC], str(battery), tmp_path / "out", tmp_path / "cache")
+    if launch == "inprocess":
+        assert len(run_in_process(jobs, progress=False)) == 2
+    else:
+        units, _ = plan_units(jobs, {SPEC: load_checkpoint(SPEC)}, tmp_path / "out")
+        for unit in units:
+            UnitRunner(unit)()
+    # train (60 images) and test (30): a probe and one batch each, every time for both poolings
+    assert asked == [["concatPOOL2", "lastPOOL"]] * 4
+    assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 4
