@@ -56,10 +56,20 @@ class TaskContext:
     device: torch.device = field(default_factory=lambda: torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     show_progress: bool = True
     feature_dtype: str = "float16"
+    # split_key -> poolings that pending work reads from that split: the first request for a split
+    # extracts them all in one encoder pass (see shared_needs)
+    wanted: dict[tuple, set[str]] = field(default_factory=dict)
+    _got: dict[tuple[str, str], Features] = field(default_factory=dict, repr=False)
 
     @property
     def poolings(self) -> list[str]:
         return self.entry.poolings
+
+    def split_key(self, role: str) -> tuple:
+        """What makes two roles (of any jobs) read the same images: same key, same dataset."""
+        e = self.entry
+        return (self.checkpoint.meta.get("sha256"), self.encoder, self.dataset_name, e.root, e.splits[role],
+                e.max_samples.get(role), e.seed, self.feature_dtype)
 
     def dataset(self, role: str):
         if role not in self.entry.splits:
@@ -69,9 +79,19 @@ class TaskContext:
                            max_samples=self.entry.max_samples.get(role), seed=self.entry.seed)
 
     def features(self, role: str, pooling: str) -> Features:
-        return self.cache.get_or_extract(self.checkpoint, self.encoder, pooling, self.dataset(role),
-                                         dtype=self.feature_dtype, device=self.device,
-                                         progress=self.show_progress)
+        """One pooling of a role; the first call for a role also fills every other pooling this entry
+        (and ``wanted``) reads from that split, from the same encoder pass."""
+        if (role, pooling) not in self._got:
+            also = [p for r, p in feature_needs(self.entry) if r == role]
+            self.features_many(role, [pooling, *also, *sorted(self.wanted.get(self.split_key(role), ()))])
+        return self._got[role, pooling]
+
+    def features_many(self, role: str, poolings: Iterable[str]) -> dict[str, Features]:
+        got = self.cache.get_or_extract_many(self.checkpoint, self.encoder, poolings, self.dataset(role),
+                                             dtype=self.feature_dtype, device=self.device,
+                                             progress=self.show_progress)
+        self._got.update(((role, p), f) for p, f in got.items())
+        return got
 
     def progress(self, iterable: Iterable, desc: str = "", **kw: Any) -> Iterable:
         return tqdm(iterable, desc=desc, disable=not self.show_progress, dynamic_ncols=True, **kw)
@@ -158,25 +178,39 @@ def feature_entry(ctx: TaskContext, role: str, pooling: str) -> Path:
     return ctx.cache.root / ctx.cache.key(fields)
 
 
+def shared_needs(work: Iterable[tuple[TaskContext, Iterable[tuple[str, str]]]]) -> dict[tuple, set[str]]:
+    """The poolings each dataset split is read with across ``work`` ((context, needs) pairs): given to
+    every context as ``wanted``, so the first job reading a split extracts them all in one pass."""
+    wanted: dict[tuple, set[str]] = {}
+    for ctx, needs in work:
+        for role, pooling in needs:
+            wanted.setdefault(ctx.split_key(role), set()).add(pooling)
+    return wanted
+
+
 def extract_features(job: Job, needs: Iterable[tuple[str, str]] | None = None,
                      checkpoint: Checkpoint | None = None, progress: bool = True,
-                     log: Callable[[str], None] = print) -> list[Features]:
+                     log: Callable[[str], None] = print, wanted: dict[tuple, set[str]] | None = None
+                     ) -> list[Features]:
     """Fill the feature cache for one job (all its ``feature_needs`` or the given ones) without
-    running its task: launchers extract once per checkpoint and split, then run the probes."""
+    running its task: launchers extract once per checkpoint and split, then run the probes. The
+    poolings of one role (plus what ``wanted`` lists for its split) come from one encoder pass."""
     ck = checkpoint or load_checkpoint(job.spec)
     ctx = job_context(job, ck, progress)
     if ctx is None:
         return []
-    found = []
-    for role, pooling in (needs if needs is not None else feature_needs(ctx.entry)):
-        log(f"feats  {job.label}: {role} split '{ctx.entry.splits[role]}', {pooling}")
-        found.append(ctx.features(role, pooling))
-    return found
+    needs = list(needs if needs is not None else feature_needs(ctx.entry))
+    for role in dict.fromkeys(r for r, _ in needs):
+        poolings = [p for r, p in needs if r == role]
+        log(f"feats  {job.label}: {role} split '{ctx.entry.splits[role]}', {', '.join(poolings)}")
+        ctx.features_many(role, [*poolings, *sorted((wanted or {}).get(ctx.split_key(role), ()))])
+    return [ctx.features(role, pooling) for role, pooling in needs]
 
 
 def run_job(job: Job, checkpoint: Checkpoint | None = None, force: bool = False, progress: bool = True,
-            log: Callable[[str], None] = print) -> Path | None:
-    """Run one job unless its record exists; returns the record path (None if another process has it)."""
+            log: Callable[[str], None] = print, wanted: dict[tuple, set[str]] | None = None) -> Path | None:
+    """Run one job unless its record exists; returns the record path (None if another process has it).
+    ``wanted`` (see ``shared_needs``): poolings other jobs read, extracted in the same encoder pass."""
     ck = checkpoint or load_checkpoint(job.spec)
     battery, entry, dataset, path, rid = resolve_job(job, ck)
     if entry is None:
@@ -201,7 +235,7 @@ def run_job(job: Job, checkpoint: Checkpoint | None = None, force: bool = False,
         task = TASKS.get(entry.task)(entry.params)
         workdir = path.with_suffix(".work")
         ctx = TaskContext(ck, job.encoder, entry, dataset, FeatureCache(job.cache), workdir,
-                          seed=entry.seed, show_progress=progress)
+                          seed=entry.seed, show_progress=progress, wanted=wanted or {})
         t0 = time.time()
         result = task.run(ctx)
         record = {
@@ -259,10 +293,19 @@ def run_in_process(jobs: list[Job], force: bool = False, progress: bool = True) 
     loaded: dict[str, Checkpoint] = {}
     for spec in dict.fromkeys(j.spec for j in jobs):
         loaded[spec] = load_checkpoint(spec)
+    pending = []  # jobs that will run: the poolings they read from each split are extracted together
+    for job in jobs:
+        try:
+            ctx = job_context(job, loaded[job.spec], progress=False)
+            if ctx is not None and (force or read_record(ctx.workdir.with_suffix(".json")) is None):
+                pending.append((ctx, feature_needs(ctx.entry)))
+        except UserError:
+            continue  # run_job reports it when the job's turn comes
+    wanted = shared_needs(pending)
     done = []
     for job in jobs:
         path = run_job(job, loaded[job.spec], force=force, progress=progress,
-                       log=lambda m: print(m, file=sys.stderr))
+                       log=lambda m: print(m, file=sys.stderr), wanted=wanted)
         if path is not None:
             done.append(path)
     return done

@@ -75,8 +75,8 @@ def test_kill_during_feature_extraction_resumes_from_the_last_chunk(tmp_path, ca
     half_written(partial / f".progress.json.{proc.pid}.tmp")
 
     encoded = []
-    real_pool = features_mod.pool
-    monkeypatch.setattr(features_mod, "pool", lambda enc, x, p: (encoded.append(len(x)), real_pool(enc, x, p))[1])
+    real_pool = features_mod.pool_many  # one call per encoder pass, whatever the number of poolings
+    monkeypatch.setattr(features_mod, "pool_many", lambda enc, x, ps: (encoded.append(len(x)), real_pool(enc, x, ps))[1])
     code, _, err = cli_inprocess(capsys, args)
     assert code == 0, err
     # train: the shape probe (1 image) and the second chunk only; test: everything, it had not started

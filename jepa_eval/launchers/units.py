@@ -22,7 +22,7 @@ from submitit.helpers import Checkpointable
 
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..runner import (Job, checkpoint_name, extract_features, feature_entry, feature_needs, job_context,
-                      read_record, run_job)
+                      read_record, run_job, shared_needs)
 
 
 @dataclass
@@ -58,9 +58,11 @@ class UnitRunner(Checkpointable):
         import jepa_eval
         log(f"unit   {u.kind}: {u.label} (code: {Path(jepa_eval.__file__).parent})")
         ck = load_checkpoint(u.spec)
-        if u.kind == "features":
+        if u.kind == "features":  # one split: every pooling its jobs read comes from one encoder pass
+            wanted = shared_needs((ctx, needs) for job, needs in zip(u.jobs, u.needs)
+                                  if (ctx := job_context(job, ck, progress=False)) is not None)
             for job, needs in zip(u.jobs, u.needs):
-                extract_features(job, needs, ck, progress=False, log=log)
+                extract_features(job, needs, ck, progress=False, log=log, wanted=wanted)
             return {"kind": u.kind, "entries": u.entries, **_where()}
         job = u.jobs[0]
         rec = Path(u.record)
