@@ -45,14 +45,19 @@ def check_pooling(pooling: str) -> None:
         raise UserError(f"unknown pooling '{pooling}'; use lastPOOL, concatPOOL4 (any N), blocksPOOL or tokens")
 
 
-def num_blocks(encoder: nn.Module) -> int:
-    """Transformer depth of a JEPAViT or a wrapped timm ViT (what blocksPOOL stacks)."""
+def _depth(encoder: nn.Module) -> int | None:
     blocks = getattr(encoder, "blocks", None)
     if blocks is None:
         blocks = getattr(getattr(encoder, "model", None), "blocks", None)
-    if blocks is None:
+    return None if blocks is None else len(blocks)
+
+
+def num_blocks(encoder: nn.Module) -> int:
+    """Transformer depth of a JEPAViT or a wrapped timm ViT (what blocksPOOL stacks)."""
+    depth = _depth(encoder)
+    if depth is None:
         raise UserError(f"blocksPOOL needs a transformer with blocks; {type(encoder).__name__} has none")
-    return len(blocks)
+    return depth
 
 
 FINAL = ("lastPOOL", "tokens")  # poolings of the final-norm output; the others read block outputs
@@ -77,6 +82,10 @@ def pool_many(encoder: nn.Module, images: torch.Tensor, poolings: list[str]) -> 
     if any(p not in FINAL for p in poolings):
         depth = max(num_blocks(encoder) if p == "blocksPOOL" else int(p[len("concatPOOL"):])
                     for p in poolings if p not in FINAL)
+        have = _depth(encoder)   # None: no blocks (raw pixels), where every concatPOOLn is the one output
+        if have is not None and depth > have:
+            raise UserError(f"concatPOOL{depth} needs the last {depth} blocks, but the encoder has {have}; "
+                            f"use concatPOOL{have} or fewer")
         blocks = encoder.forward_last_blocks(images, depth)
     tokens = None
     if any(p in FINAL for p in poolings):

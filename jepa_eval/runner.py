@@ -82,11 +82,22 @@ class TaskContext:
         """One pooling of a role; the first call for a role also fills every other pooling this entry
         (and ``wanted``) reads from that split, from the same encoder pass."""
         if (role, pooling) not in self._got:
-            also = [p for r, p in feature_needs(self.entry) if r == role]
-            self.features_many(role, [pooling, *also, *sorted(self.wanted.get(self.split_key(role), ()))])
+            own = [pooling, *(p for r, p in feature_needs(self.entry) if r == role)]
+            self.features_many(role, own, sorted(self.wanted.get(self.split_key(role), ())))
         return self._got[role, pooling]
 
-    def features_many(self, role: str, poolings: Iterable[str]) -> dict[str, Features]:
+    def features_many(self, role: str, poolings: Iterable[str], others: Iterable[str] = ()) -> dict[str, Features]:
+        """``poolings`` of a role, plus ``others`` (what other jobs read) when the encoder can make them:
+        a pooling another job cannot have must fail in that job, not in this one."""
+        poolings, others = list(dict.fromkeys(poolings)), [p for p in others if p not in poolings]
+        if others:
+            try:
+                return self._fetch(role, poolings + others)
+            except UserError:
+                pass
+        return self._fetch(role, poolings)
+
+    def _fetch(self, role: str, poolings: list[str]) -> dict[str, Features]:
         got = self.cache.get_or_extract_many(self.checkpoint, self.encoder, poolings, self.dataset(role),
                                              dtype=self.feature_dtype, device=self.device,
                                              progress=self.show_progress)
@@ -203,7 +214,7 @@ def extract_features(job: Job, needs: Iterable[tuple[str, str]] | None = None,
     for role in dict.fromkeys(r for r, _ in needs):
         poolings = [p for r, p in needs if r == role]
         log(f"feats  {job.label}: {role} split '{ctx.entry.splits[role]}', {', '.join(poolings)}")
-        ctx.features_many(role, [*poolings, *sorted((wanted or {}).get(ctx.split_key(role), ()))])
+        ctx.features_many(role, poolings, sorted((wanted or {}).get(ctx.split_key(role), ())))
     return [ctx.features(role, pooling) for role, pooling in needs]
 
 

@@ -6,6 +6,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import UserError
+
 
 class TimmTokens(nn.Module):
     """Wraps a timm model so that ``forward`` returns patch tokens after the final norm (prefix tokens
@@ -28,7 +30,7 @@ class TimmTokens(nn.Module):
 
     def forward_last_blocks(self, x: torch.Tensor, n: int) -> list[torch.Tensor]:
         if not hasattr(self.model, "forward_intermediates"):
-            raise ValueError(f"{type(self.model).__name__} has no forward_intermediates: use lastPOOL")
+            raise UserError(f"{type(self.model).__name__} has no forward_intermediates: use lastPOOL")
         fmt = {"output_fmt": "NLC"} if hasattr(self.model, "blocks") else {}
         feats = self.model.forward_intermediates(x, indices=n, norm=True, intermediates_only=True, **fmt)
         # timm already dropped the prefix tokens here; only CNN maps need flattening

@@ -308,3 +308,15 @@ def test_the_runner_extracts_every_pooling_of_a_split_in_one_pass(tmp_path, monk
     # train (60 images) and test (30): a probe and one batch each, every time for both poolings
     assert asked == [["concatPOOL2", "lastPOOL"]] * 4
     assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 4
+
+
+def test_a_pooling_only_another_job_reads_cannot_fail_this_job(tmp_path, one_thread):
+    """The linear entry asks for more blocks than the encoder has: k-NN, run first, still gets its record."""
+    from jepa_eval.runner import plan, run_in_process
+    battery = tmp_path / "b.yaml"
+    battery.write_text(RUNNER_BATTERY.replace("concatPOOL2", "concatPOOL5"))
+    jobs = plan([SPEC], str(battery), tmp_path / "out", tmp_path / "cache")
+    with pytest.raises(UserError, match="concatPOOL5|5 blocks|depth"):
+        run_in_process(jobs, progress=False)
+    records = [p for p in (tmp_path / "out").rglob("*.json") if p.parent.name != "cache"]
+    assert any("knn" in p.name for p in records), records
