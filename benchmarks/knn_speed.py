@@ -60,7 +60,9 @@ def torch_knn(train_x, train_y, test_x, test_y, k: int, temperature: float, chun
 
 
 def suite_knn(train_x, train_y, test_x, test_y, k: int, temperature: float) -> float:
-    return knn_eval(train_x, train_y, test_x, test_y, ks=(k,), temperature=temperature)[k]
+    """``knn_eval``'s FAISS path, named explicitly: "auto" could switch to streaming on a low-memory machine."""
+    return knn_eval(train_x, train_y, test_x, test_y, ks=(k,), temperature=temperature, backend="faiss",
+                    verbose=False)[k]
 
 
 def streaming_knn(train_x, train_y, test_x, test_y, k: int, temperature: float) -> float:

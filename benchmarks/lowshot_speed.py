@@ -44,13 +44,13 @@ def sklearn_lowshot(train_x, train_y, test_x, test_y, subsets, lambdas=DEFAULT_L
 
 
 def run(n_classes: int = 100, dim: int = 384, k: int = 13, seeds: int = 3, n_test: int = 5000,
-        save: bool = True) -> dict:
+        save: bool = True, threads: int | None = None) -> dict:
     x, y, tx, ty = clustered(n_classes * 40, n_test, dim, n_classes, noise=8.0, seed=1)
     subsets = [k_per_class_subset(y, k, s) for s in range(seeds)]
     t = time.perf_counter()
-    ours = lowshot_eval(x, y, tx, ty, subsets)
+    ours = lowshot_eval(x, y, tx, ty, subsets, threads=threads)     # None: lowshot_eval picks (lowshot_threads)
     t_ours = time.perf_counter() - t
-    say(f"  lowshot_eval: {t_ours:.2f} s")
+    say(f"  lowshot_eval: {t_ours:.2f} s with {ours.threads} torch thread(s)")
     t = time.perf_counter()
     ref = sklearn_lowshot(x, y, tx, ty, subsets)
     t_ref = time.perf_counter() - t
@@ -66,6 +66,7 @@ def run(n_classes: int = 100, dim: int = 384, k: int = 13, seeds: int = 3, n_tes
     out = {"classes": n_classes, "dim": dim, "k_per_class": k, "subsets": seeds, "lambdas": len(DEFAULT_LAMBDAS),
            "seconds_suite": t_ours, "seconds_sklearn": t_ref, "top1_suite": ours.top1_mean, "top1_sklearn": ref_top1,
            "same_lambda": same_lambda, "top1_diff": ours.top1_mean - ref_top1, "torch_threads": torch.get_num_threads(),
+           "lowshot_eval_threads": ours.threads,
            "headline": {"lowshot_speedup_vs_sklearn_loop": t_ref / t_ours}}
     if save:
         update_results("lowshot_speed", out)
@@ -80,11 +81,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--k", type=int, default=13, help="labelled images per class (ImageNet-1% has ~13)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads for both methods (1 is much faster for small solves on a busy machine)")
+                    help="torch threads for both methods (default: lowshot_eval picks its own, 1 for small problems)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    return run(40, 256, a.k, 2, 2000) if a.quick else run(a.classes, a.dim, a.k, a.seeds)
+    return run(40, 256, a.k, 2, 2000, threads=a.threads) if a.quick else run(a.classes, a.dim, a.k, a.seeds,
+                                                                               threads=a.threads)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ except ImportError:
 from benchmarks._common import RESULTS, say, update_results  # noqa: E402
 
 QUICK = ["knn_speed", "extract_speed", "head_grid", "lowshot_speed"]
-EXTRA_ARGS = {"lowshot_speed": ["--threads", "1"]}   # small batched solves: one thread avoids OpenMP barriers
+EXTRA_ARGS: dict[str, list[str]] = {}   # lowshot_eval now picks one thread for small solves by itself
 
 
 def demo_wall(path: Path = ROOT / "reports" / "demo" / "timing.json") -> dict:

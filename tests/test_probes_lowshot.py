@@ -130,3 +130,48 @@ def test_end_to_end_on_digits(tmp_path):
     rec = json.loads(path.read_text())
     assert rec["selected_on"] == "cv-in-subset-3fold" and list(rec["metrics"]) == ["top1", "top1_std"]
     assert len(rec["details"]["per_seed"]) == 3 and rec["metrics"]["top1"] > 40.0
+    assert rec["details"]["torch_threads"] == 1          # recorded (a problem this small always gets one)
+
+
+def test_thread_count_rule_and_restore(monkeypatch):
+    from jepa_eval.probes import lowshot as lowshot_mod
+    from jepa_eval.probes.lowshot import ONE_THREAD_BELOW, lowshot_threads
+    assert lowshot_threads(ONE_THREAD_BELOW - 1, current=8) == 1
+    assert lowshot_threads(ONE_THREAD_BELOW, current=8) == 8
+    x, y = blobs(240)
+    tx, ty = blobs(60, seed=1)
+    subsets = [k_per_class_subset(y, 12, s) for s in range(3)]
+    seen = []
+    real = lowshot_mod.fit_logreg_path
+    monkeypatch.setattr(lowshot_mod, "fit_logreg_path",
+                        lambda *a, **kw: seen.append(torch.get_num_threads()) or real(*a, **kw))
+    before = torch.get_num_threads()                           # 1, from the module's one_thread fixture
+    torch.set_num_threads(2)
+    try:
+        res = lowshot_eval(x, y, tx, ty, subsets, LAMBDAS)       # 3 x 4 x 72 x 20 x 6 multiply-adds: tiny
+        assert seen == [1] and res.threads == 1 and torch.get_num_threads() == 2
+        res = lowshot_eval(x, y, tx, ty, subsets, LAMBDAS, threads=2)
+        assert seen[-1] == 2 and res.threads == 2 and torch.get_num_threads() == 2
+        monkeypatch.setattr(lowshot_mod, "ONE_THREAD_BELOW", 0)  # as if the problem were large: caller's count
+        assert lowshot_eval(x, y, tx, ty, subsets, LAMBDAS).threads == 2 and seen[-1] == 2
+        torch.set_num_threads(1)
+        monkeypatch.setattr(lowshot_mod, "fit_logreg_path", lambda *a, **kw: 1 / 0)
+        with pytest.raises(ZeroDivisionError):                  # restored on error as well
+            lowshot_eval(x, y, tx, ty, subsets, LAMBDAS, threads=2)
+        assert torch.get_num_threads() == 1
+        with pytest.raises(UserError):
+            lowshot_eval(x, y, tx, ty, subsets, LAMBDAS, threads=0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_same_result_with_one_or_two_threads():
+    x, y = blobs(600, classes=10, dim=48, spread=3.0)         # overlapping classes: ~59 %, lambdas differ
+    tx, ty = blobs(400, classes=10, dim=48, seed=1, spread=3.0)
+    subsets = [k_per_class_subset(y, 12, s) for s in range(3)]
+    one = lowshot_eval(x, y, tx, ty, subsets, LAMBDAS, threads=1)
+    two = lowshot_eval(x, y, tx, ty, subsets, LAMBDAS, threads=2)
+    assert one.threads == 1 and two.threads == 2 and 40.0 < one.top1_mean < 90.0
+    assert [p["lambda"] for p in one.per_seed] == [p["lambda"] for p in two.per_seed]
+    assert one.top1_mean == pytest.approx(two.top1_mean) and one.top1_std == pytest.approx(two.top1_std)
+    np.testing.assert_allclose(one.cv_grid, two.cv_grid, atol=1e-9)

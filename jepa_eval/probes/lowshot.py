@@ -9,9 +9,10 @@ Objective per problem: mean cross-entropy over its rows + lam / 2 * ||W||^2 (bia
 scikit-learn's ``C`` is ``1 / (lam * n_rows)``."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +22,13 @@ from ..errors import UserError
 from .stream import chunk_rows, iter_blocks
 
 DEFAULT_LAMBDAS = tuple(float(v) for v in np.logspace(1, -9, 21))
+# One L-BFGS closure is a handful of small ops. Below this many multiply-adds in its logits matmul
+# (subsets x (folds + 1) x labelled rows x dim x classes) the sweep runs on one torch thread: on 2 shared
+# cores (benchmarks/lowshot_threads.py) 2 threads were 1.3-18x slower per L-BFGS iteration up to 5.5e8
+# (100 classes x 12 shots, dim 384, 3 subsets); from 1.8e9 to 6.1e10 (1000 classes, dim 1280, 1 subset)
+# they were 1.0-1.6x slower, or once 1.4x faster. Above the threshold the caller's count stays: the gain
+# is small and uncertain there, and a bigger problem can use the cores of an idle many-core node.
+ONE_THREAD_BELOW = 10**9
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -107,23 +115,50 @@ def fit_logreg_path(x: torch.Tensor, y: torch.Tensor, fit_masks: torch.Tensor, l
     return weight.detach(), bias.detach()
 
 
+def lowshot_threads(work: int, current: int | None = None) -> int:
+    """Torch threads for a sweep whose logits matmul has ``work`` multiply-adds: 1 below
+    ``ONE_THREAD_BELOW``, else ``current`` (default: ``torch.get_num_threads()``)."""
+    current = torch.get_num_threads() if current is None else current
+    return 1 if work < ONE_THREAD_BELOW else current
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """``torch.set_num_threads(n)`` for the block; the previous count is restored, also on error."""
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 @dataclass
 class LowShotResult:
     top1_mean: float
     top1_std: float                                  # sample standard deviation over seeds/subsets
     per_seed: list[dict[str, float]]                 # top1, lambda, cv_top1, n_labelled per seed/subset
     cv_grid: list[list[float]] = field(default_factory=list)   # [seed][lambda] mean CV top-1
+    threads: int | None = None                       # torch threads the sweep ran with (None: not on the CPU)
 
 
 def lowshot_eval(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                  subsets: Sequence[np.ndarray], lambdas: Sequence[float] = DEFAULT_LAMBDAS, n_folds: int = 3,
                  seed: int = 0, n_classes: int | None = None, device: torch.device | str = "cpu",
-                 max_iter: int = 100) -> LowShotResult:
+                 max_iter: int = 100, threads: int | None = None) -> LowShotResult:
     """Low-shot top-1 (percent) for each labelled subset (rows of ``train_x``), mean and std over them.
     ``lam`` is chosen per subset by ``n_folds``-fold stratified CV inside it; the final classifier is the
-    fit on the whole subset with that ``lam`` (solved in the same batched sweep)."""
+    fit on the whole subset with that ``lam`` (solved in the same batched sweep).
+
+    On the CPU the sweep runs with ``threads`` torch threads, by default ``lowshot_threads`` of the problem
+    size (one thread for small problems); the caller's thread count is restored afterwards, also on error.
+    The thread count changes float rounding only, not the method."""
     from sklearn.model_selection import StratifiedKFold
     device = torch.device(device)
+    if threads is not None and threads < 1:
+        raise UserError(f"threads must be >= 1, got {threads}")
     if not subsets:
         raise UserError("low-shot needs at least one labelled subset")
     lambdas = sorted((float(v) for v in lambdas), reverse=True)
@@ -149,10 +184,28 @@ def lowshot_eval(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
         for f, (tr, va) in enumerate(folds.split(np.zeros(len(rows)), train_y[rows])):
             fit[i, f, tr], val[i, f, va] = 1.0, True
         fit[i, n_folds, :len(rows)] = 1.0
+    if device.type == "cpu":
+        n_threads = threads or lowshot_threads(s * (n_folds + 1) * n_max * train_x.shape[1] * n_classes)
+    else:
+        n_threads = None                                 # the sweep runs on the accelerator
+    with torch_threads(n_threads or torch.get_num_threads()):
+        top1, cv = _sweep(xs, ys, fit, val, test_x, test_y, lambdas, n_folds, n_classes, device, max_iter)
+    chosen = cv.argmax(1)
+    per_seed = [{"top1": float(top1[i]), "lambda": lambdas[chosen[i]], "cv_top1": float(cv[i, chosen[i]]),
+                 "n_labelled": int(len(subsets[i]))} for i in range(s)]
+    return LowShotResult(float(top1.mean()), float(top1.std(ddof=1)) if s > 1 else 0.0, per_seed, cv.tolist(),
+                         n_threads)
+
+
+def _sweep(xs: np.ndarray, ys: np.ndarray, fit: np.ndarray, val: np.ndarray, test_x: np.ndarray,
+           test_y: np.ndarray, lambdas: list[float], n_folds: int, n_classes: int, device: torch.device,
+           max_iter: int) -> tuple[np.ndarray, np.ndarray]:
+    """The batched path and the test predictions of ``lowshot_eval``: (test top-1 [S], CV grid [S, lambdas])."""
+    s, dim = xs.shape[0], xs.shape[2]
     x_t, y_t = torch.from_numpy(xs).to(device), torch.from_numpy(ys).to(device)
     val_t = torch.from_numpy(val).to(device)
     cv = np.zeros((s, len(lambdas)))
-    best_w = torch.zeros(s, train_x.shape[1], n_classes, device=device)
+    best_w = torch.zeros(s, dim, n_classes, device=device)
     best_b = torch.zeros(s, n_classes, device=device)
 
     def on_step(j: int, weight: torch.Tensor, bias: torch.Tensor) -> None:
@@ -171,8 +224,4 @@ def lowshot_eval(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
             z = torch.from_numpy(l2_normalize(feats)).to(device)
             pred = (torch.einsum("nd,sdc->snc", z, best_w) + best_b[:, None]).argmax(-1).cpu().numpy()
             correct += (pred == test_y[sel][None]).sum(1)
-    top1 = 100.0 * correct / len(test_x)
-    chosen = cv.argmax(1)
-    per_seed = [{"top1": float(top1[i]), "lambda": lambdas[chosen[i]], "cv_top1": float(cv[i, chosen[i]]),
-                 "n_labelled": int(len(subsets[i]))} for i in range(s)]
-    return LowShotResult(float(top1.mean()), float(top1.std(ddof=1)) if s > 1 else 0.0, per_seed, cv.tolist())
+    return 100.0 * correct / len(test_x), cv

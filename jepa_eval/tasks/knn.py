@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..probes import knn_eval
+from ..probes.knn import BACKENDS, available_memory, choose_knn_backend
 from ..task import Task, TaskResult, register_task
 
 
@@ -15,16 +16,25 @@ class KNNTask(Task):
     class Params:
         ks: list[int] = field(default_factory=lambda: [10, 20, 100, 200])
         temperature: float = 0.07
+        backend: str = "auto"      # auto | faiss | streaming (same accuracies; see probes.knn.choose_knn_backend)
 
         def validate(self) -> str | None:
             if not self.ks or min(self.ks) < 1:
                 return "ks must be a non-empty list of positive integers"
+            if self.backend not in BACKENDS:
+                return f"backend must be one of {', '.join(BACKENDS)}"
             return None if self.temperature > 0 else "temperature must be positive"
 
     def run(self, ctx) -> TaskResult:
         pooling = ctx.poolings[0]
         train, test = ctx.features("train", pooling), ctx.features("test", pooling)
-        acc = knn_eval(train.x, train.y, test.x, test.y, ks=self.params.ks, temperature=self.params.temperature)
+        p = self.params
+        # measured once, so that the path recorded below is the one knn_eval takes
+        budget = available_memory() if p.backend == "auto" else None
+        backend, _ = choose_knn_backend(len(train.x), train.x.shape[1], p.backend, budget)
+        acc = knn_eval(train.x, train.y, test.x, test.y, ks=p.ks, temperature=p.temperature, backend=p.backend,
+                       memory_budget=budget)
         primary = 20 if 20 in acc else min(acc)
         metrics = {f"top1_k{primary}": acc[primary], **{f"top1_k{k}": v for k, v in acc.items() if k != primary}}
-        return TaskResult(metrics=metrics, details={"n_train": len(train.y), "n_test": len(test.y)})
+        return TaskResult(metrics=metrics,
+                          details={"n_train": len(train.y), "n_test": len(test.y), "backend": backend})
