@@ -50,7 +50,7 @@ class LayerwiseTask(Task):
             tr = np.asarray(train.x[:, block], dtype=np.float32)
             te = np.asarray(test.x[:, block], dtype=np.float32)
             if p.probe == "knn":
-                acc = knn_eval(tr, train.y, te, test.y, ks=[p.k], temperature=p.temperature)[p.k]
+                acc = knn_eval(tr, train.y, te, test.y, ks=[p.k], temperature=p.temperature, verbose=False)[p.k]
             else:
                 acc = _linear_top1(tr, train.y, te, test.y, p.C, ctx.seed)
             curve.append(acc)
