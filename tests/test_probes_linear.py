@@ -1,5 +1,6 @@
 """Linear head grid: accuracy, chance on noise, test-blind selection, batching equivalence, streaming,
-resume, parameter validation, and one end-to-end run through the runner on digits."""
+resume, parameter validation, whitened inputs, agreement with a converged logistic regression on real
+encoder features, and one end-to-end run through the runner on digits."""
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ from jepa_eval.errors import UserError
 from jepa_eval.probes.linear import (HeadGrid, LinearConfig, cached_batches, fit_grid, grid_gradients, grid_scores,
                                      linear_probe)
 from jepa_eval.probes.stream import epoch_batches, holdout_split
+from jepa_eval.probes.whiten import Whitening
 from jepa_eval.task import TASKS, build_params
 
 
@@ -113,7 +115,9 @@ def test_resume_continues_from_the_last_epoch(tmp_path):
 
 @pytest.mark.parametrize("params", [{"lrs": [-0.1]}, {"lrs": []}, {"wds": [-1.0]}, {"norms": ["ln"]},
                                     {"recipe": "fancy"}, {"epochs": 0}, {"holdout_fraction": 0.0},
-                                    {"schedule": "linear"}, {"epochs": "ten"}, {"bogus": 1}])
+                                    {"schedule": "linear"}, {"epochs": "ten"}, {"bogus": 1},
+                                    {"inputs": ["pca"]}, {"inputs": []}, {"inputs": ["raw", "raw"]},
+                                    {"shrinkage": 0.0}])
 def test_bad_params_raise_user_error(params):
     with pytest.raises(UserError):
         build_params(TASKS.get("linear"), params, "test")
@@ -189,3 +193,93 @@ def test_shipped_batteries_validate(monkeypatch):
         assert paper[name].splits == {"train": "train800val200", "test": "test"}
         assert paper[name].root == "/data/CLEVR_v1.0"
     assert paper["in1k-1pct"].params.subset_files and paper["in1k-linear"].splits["test"] == "val"
+    # small built-in data gets the whitened grid too; the paper's protocols train on the raw features only
+    assert default["linear"].params.inputs == ["raw", "whitened"]
+    assert all(e.params.inputs == ["raw"] for e in paper.values() if e.task == "linear")
+
+
+def ill_conditioned(n, seed=0, classes=4, dim=16):
+    """Correlated features whose class signal sits in a direction of tiny variance."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    z = rng.normal(size=(n, dim)) * np.logspace(0, -3, dim)
+    z[:, -1] += 6e-3 * (y - classes / 2)
+    mix = np.linalg.qr(np.random.default_rng(11).normal(size=(dim, dim)))[0]
+    return (z @ mix + 3.0).astype(np.float32), y
+
+
+def test_whitening_streams_statistics_and_whitens_views(tmp_path):
+    x, _ = ill_conditioned(900)
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    rows = np.arange(0, 900, 2)
+    streamed, whole = Whitening.fit(mm, rows, 1e-9, chunk=64), Whitening.fit(x, rows, 1e-9)
+    np.testing.assert_allclose(streamed.proj, whole.proj, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(streamed.mean, whole.mean, rtol=1e-9, atol=1e-12)
+    z = np.asarray(streamed.view(mm)[0:900])
+    assert z.dtype == np.float32 and z.shape == (900, 16)
+    np.testing.assert_allclose(np.cov(z[rows].astype(np.float64).T, bias=True), np.eye(16), atol=1e-3)
+    np.testing.assert_allclose(z[rows].mean(0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(streamed.tensor(torch.from_numpy(x[:5])).numpy(), z[:5], rtol=1e-5, atol=1e-5)
+    with pytest.raises(UserError):
+        Whitening.fit(np.ones((10, 3), np.float32), np.arange(10))
+
+
+def test_whitened_inputs_are_selected_recorded_and_resumable(tmp_path):
+    x, y = ill_conditioned(900)
+    tx, ty = ill_conditioned(300, seed=1)
+    cfg = LinearConfig(lrs=[0.1, 1.0], wds=[0.0], epochs=4, batch_size=64, inputs=["raw", "whitened"])
+    full = linear_probe({"a": (x, y, tx, ty)}, cfg)
+    assert [g["input"] for g in full.grid] == ["raw"] * 4 + ["whitened"] * 4
+    raw = max(g["holdout_top1"] for g in full.grid[:4])
+    assert full.chosen["input"] == "whitened" and full.holdout_top1 > raw + 20   # the tiny direction is found
+    assert full.top1 > 80.0
+    calls = []
+
+    def stop(epoch):
+        calls.append(epoch)
+        if len(calls) == 6:        # epoch 1 of the whitened grid
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        linear_probe({"a": (x, y, tx, ty)}, cfg, workdir=tmp_path, on_epoch_end=stop)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["linear-a-whitened.pt", "linear-a.pt"]
+    resumed = linear_probe({"a": (x, y, tx, ty)}, cfg, workdir=tmp_path)
+    assert resumed.grid == full.grid and resumed.top1 == full.top1
+    # a replaced training stream (the paper recipe's augmented features) is whitened the same way
+    streamed = linear_probe({"a": (x, y, tx, ty)}, cfg,
+                            train_batches={"a": lambda rows: cached_batches(x, y, rows, cfg, "cpu")})
+    assert streamed.grid == full.grid
+
+
+def test_default_probe_is_within_two_points_of_converged_logistic_regression(tmp_path):
+    """The shipped demo I-JEPA (28 px ViT) on digits: its features put class information in directions with
+    1e-4..1e-6 of the top variance, where SGD on raw or BatchNorm-ed features barely moves. Before the whitened
+    input, the default battery's grid scored 71.6 here against 88.0 for the tuned, converged scikit-learn
+    logistic regression (standardized features, C chosen on the same hold-out)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+
+    from jepa_eval.assets import demo_checkpoint_path
+    from jepa_eval.battery import load_battery
+    from jepa_eval.checkpoint import load_checkpoint
+    from jepa_eval.datasets import get_dataset
+    from jepa_eval.features import FeatureCache
+
+    ck = load_checkpoint(demo_checkpoint_path())
+    cache = FeatureCache(tmp_path)
+    tr, te = (cache.get_or_extract(ck, "target", "lastPOOL", get_dataset("digits", split=s, image_size=28),
+                                   progress=False) for s in ("train", "test"))
+    cfg = {e.id: e for e in load_battery("default").entries}["linear"].params.config(0)
+    res = linear_probe({"lastPOOL": (tr.x, tr.y, te.x, te.y)}, cfg)
+
+    fit, held = holdout_split(tr.y, 0.1, 0)                 # the probe's own hold-out
+    x, test_x = (np.asarray(f.x, dtype=np.float64) for f in (tr, te))
+    scaler = StandardScaler().fit(x[fit])
+    with threadpool_limits(1):                              # BLAS threads on shared cores cost 10x here
+        fits = [LogisticRegression(C=c, solver="newton-cholesky", tol=1e-8, max_iter=1000).fit(
+            scaler.transform(x[fit]), tr.y[fit]) for c in 10.0 ** np.arange(-3, 6)]
+    chosen = max(fits, key=lambda m: m.score(scaler.transform(x[held]), tr.y[held]))   # first best on ties
+    reference = 100 * chosen.score(scaler.transform(test_x), te.y)
+    assert reference > 80.0
+    assert res.top1 >= reference - 2.0, (res.top1, reference, res.chosen)

@@ -19,8 +19,10 @@ from torch import nn
 
 from ..errors import UserError
 from .stream import chunk_rows, epoch_batches, holdout_split, iter_blocks, load_state, save_state
+from .whiten import Whitening
 
 NORMS = ("none", "bn")
+INPUTS = ("raw", "whitened")      # what the grid is trained on; "whitened": see probes/whiten.py
 Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]   # epoch -> (x, y) mini-batches
 
 
@@ -34,6 +36,8 @@ class LinearConfig:
     momentum: float = 0.9
     schedule: str = "cosine"          # or "step": lr / 10 every 15 epochs (the I-JEPA paper)
     seed: int = 0
+    inputs: list[str] = field(default_factory=lambda: ["raw"])   # + "whitened": the grid again on whitened features
+    shrinkage: float = 1e-6           # whitening: covariance + shrinkage * (mean eigenvalue) * identity
 
     def validate(self) -> str | None:
         if not self.lrs or min(self.lrs) <= 0:
@@ -46,6 +50,10 @@ class LinearConfig:
             return "epochs must be >= 1 and batch_size >= 2"
         if not 0 <= self.momentum < 1:
             return "momentum must be in [0, 1)"
+        if not self.inputs or any(i not in INPUTS for i in self.inputs) or len(set(self.inputs)) != len(self.inputs):
+            return f"inputs must be distinct values from {list(INPUTS)}"
+        if not 0 < self.shrinkage < 1:
+            return "shrinkage must be in (0, 1)"
         return None if self.schedule in ("cosine", "step") else "schedule must be 'cosine' or 'step'"
 
     def heads(self) -> list[dict[str, float | str]]:
@@ -171,7 +179,7 @@ def grid_scores(model: HeadGrid, x: np.ndarray, y: np.ndarray, rows: np.ndarray 
 class LinearProbeResult:
     top1: float
     top5: float | None
-    chosen: dict[str, float | str]            # pooling, norm, lr, wd of the selected head
+    chosen: dict[str, float | str]            # pooling, input, norm, lr, wd of the selected head
     holdout_top1: float
     grid: list[dict[str, float | str]]         # every head with its hold-out top-1
 
@@ -188,9 +196,11 @@ def linear_probe(sets: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, np
                  progress: Callable[[Iterable, str], Iterable] | None = None,
                  train_batches: Mapping[str, Callable[[np.ndarray], Batches]] | None = None,
                  on_epoch_end: Callable[[int], None] | None = None) -> LinearProbeResult:
-    """Train a head grid per feature set (``{name: (train_x, train_y, test_x, test_y)}``), select the best
-    (feature set, head) on a seeded hold-out of the training rows, and score only that head on test.
-    ``train_batches[name](fit_rows)`` may replace the cached-feature stream (e.g. augmented features)."""
+    """Train a head grid per feature set (``{name: (train_x, train_y, test_x, test_y)}``) and per input in
+    ``cfg.inputs`` (the raw features; "whitened": the same features PCA-whitened with statistics of the fit
+    rows), select the best (feature set, input, head) on a seeded hold-out of the training rows, and score only
+    that head on test. ``train_batches[name](fit_rows)`` may replace the cached-feature stream (e.g. augmented
+    features)."""
     cfg = cfg or LinearConfig()
     problem = cfg.validate()
     if problem:
@@ -206,18 +216,26 @@ def linear_probe(sets: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, np
     n_classes = n_classes or int(first_y.max()) + 1
     fit_rows, held_rows = holdout_split(first_y, holdout_fraction, cfg.seed)
     grid, models = [], {}
-    for name, (tx, ty, _, _) in sets.items():
-        batches = (train_batches[name](fit_rows) if train_batches and name in train_batches
-                   else cached_batches(tx, ty, fit_rows, cfg, device))
-        state = Path(workdir) / f"linear-{name}.pt" if workdir else None
-        model = fit_grid(tx.shape[1], n_classes, batches, len(fit_rows), cfg, device, state, progress, on_epoch_end)
-        acc, _ = grid_scores(model, tx, ty, held_rows, device)
-        grid += [{"pooling": name, **h, "holdout_top1": float(a)} for h, a in zip(cfg.heads(), acc)]
-        models[name] = model
+    for name, (raw_x, ty, _, _) in sets.items():
+        for inp in cfg.inputs:
+            white = Whitening.fit(raw_x, fit_rows, cfg.shrinkage) if inp == "whitened" else None
+            tx = white.view(raw_x) if white else raw_x
+            if train_batches and name in train_batches:
+                make = train_batches[name](fit_rows)
+                batches = (lambda epoch, make=make, white=white: white.batches(make(epoch))) if white else make
+            else:
+                batches = cached_batches(tx, ty, fit_rows, cfg, device)
+            state = Path(workdir) / f"linear-{name}{'' if inp == 'raw' else '-' + inp}.pt" if workdir else None
+            model = fit_grid(tx.shape[1], n_classes, batches, len(fit_rows), cfg, device, state, progress,
+                             on_epoch_end)
+            acc, _ = grid_scores(model, tx, ty, held_rows, device)
+            grid += [{"pooling": name, "input": inp, **h, "holdout_top1": float(a)} for h, a in zip(cfg.heads(), acc)]
+            models[name, inp] = model, white
     best = int(np.argmax([g["holdout_top1"] for g in grid]))          # first best on ties
     chosen = {k: v for k, v in grid[best].items() if k != "holdout_top1"}
     name, head = chosen["pooling"], best % len(cfg.heads())
+    model, white = models[name, chosen["input"]]
     _, _, test_x, test_y = sets[name]
-    top1, top5 = grid_scores(models[name], test_x, test_y, None, device)
+    top1, top5 = grid_scores(model, white.view(test_x) if white else test_x, test_y, None, device)
     return LinearProbeResult(top1=float(top1[head]), top5=float(top5[head]) if n_classes > 5 else None,
                              chosen=chosen, holdout_top1=grid[best]["holdout_top1"], grid=grid)

@@ -61,10 +61,12 @@ class LinearTask(Task):
         schedule: str = "cosine"            # "step": lr / 10 every 15 epochs
         recipe: str = "cached"              # "paper": RandomResizedCrop + flip on the fly (slow)
         holdout_fraction: float = 0.1
+        inputs: list[str] = field(default_factory=lambda: LinearConfig().inputs)   # + "whitened" (small data)
+        shrinkage: float = 1e-6            # of the whitening covariance towards its mean eigenvalue
 
         def config(self, seed: int) -> LinearConfig:
             return LinearConfig(list(self.lrs), list(self.wds), list(self.norms), self.epochs, self.batch_size,
-                                self.momentum, self.schedule, seed)
+                                self.momentum, self.schedule, seed, list(self.inputs), self.shrinkage)
 
         def validate(self) -> str | None:
             if self.recipe not in RECIPES:
