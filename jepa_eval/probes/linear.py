@@ -73,25 +73,26 @@ class HeadGrid(nn.Module):
         self.register_buffer("running_mean", torch.zeros(dim))
         self.register_buffer("running_var", torch.ones(dim))
 
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch as each norm group sees it, [G, B, D] (in training, BatchNorm uses and updates batch stats)."""
+        return torch.stack([x if n == "none" else F.batch_norm(x, self.running_mean, self.running_var,
+                                                               training=self.training, momentum=0.1, eps=1e-6)
+                            for n in self.norms])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of every head, [H, B, C] with H = G * L in ``LinearConfig.heads`` order."""
-        inputs = [x if n == "none" else F.batch_norm(x, self.running_mean, self.running_var,
-                                                      training=self.training, momentum=0.1, eps=1e-6)
-                  for n in self.norms]
         g, d, l, c = self.shape
-        logits = torch.bmm(torch.stack(inputs), self.weight.view(g, d, l * c)).view(g, -1, l, c)
+        logits = torch.bmm(self.inputs(x), self.weight.view(g, d, l * c)).view(g, -1, l, c)
         return (logits + self.bias[:, None]).transpose(1, 2).reshape(g * l, -1, c)
 
 
 @torch.no_grad()
 def grid_gradients(model: HeadGrid, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients (weight [G, D, L, C], bias [G, L, C]) of every head's mean cross-entropy on one batch,
+    """(``model`` in training mode.) Gradients (weight [G, D, L, C], bias [G, L, C]) of every head's mean cross-entropy on one batch,
     written out by hand: softmax minus one-hot is the logits' gradient, and one batched matmul per norm
     group gives the weights'. Autograd would add a log-softmax backward pass and its temporaries."""
     g, d, l, c = model.shape
-    inputs = torch.stack([x if n == "none" else F.batch_norm(x, model.running_mean, model.running_var,
-                                                            training=True, momentum=0.1, eps=1e-6)
-                          for n in model.norms])                                     # [G, B, D]
+    inputs = model.inputs(x)                                                         # [G, B, D]
     logits = torch.baddbmm(model.bias.view(g, 1, l * c), inputs, model.weight.view(g, d, l * c))
     probs = torch.softmax(logits.view(g, -1, l, c), dim=-1)                          # [G, B, L, C]
     probs.sub_(F.one_hot(y, c).to(probs.dtype)[None, :, None]).div_(len(y))
