@@ -20,7 +20,8 @@ from .errors import UserError
 
 SCHEMA = 1
 COLUMNS = ["record_id", "checkpoint", "sha256", "epoch", "source_format", "task", "entry", "dataset",
-           "encoder", "pooling", "seed", "metric", "value", "primary", "chosen", "selected_on", "path"]
+           "data", "pretrain_dataset", "transfer", "encoder", "pooling", "seed", "metric", "value", "primary",
+           "chosen", "selected_on", "path"]
 
 
 def record_id(fields: dict[str, Any]) -> str:
@@ -105,15 +106,18 @@ def load(dirs: str | os.PathLike | Iterable[str | os.PathLike]) -> pd.DataFrame:
     """All records under ``dirs`` as one row per (record, metric); see ``COLUMNS``."""
     if isinstance(dirs, (str, os.PathLike)):
         dirs = [dirs]
+    from .report.data import describe_data, is_transfer
     rows = []
     for path, rec in iter_records(dirs):
         ck = rec.get("checkpoint", {})
         meta = ck.get("meta", {})
+        data = {"data": describe_data(rec.get("data")), "pretrain_dataset": rec.get("pretrain_dataset"),
+                "transfer": is_transfer(rec.get("pretrain_dataset"), rec.get("dataset"))}
         for metric, value in rec["metrics"].items():
             rows.append({"record_id": rec.get("record_id"), "checkpoint": ck.get("name"),
                          "sha256": ck.get("sha256"), "epoch": meta.get("epoch"),
                          "source_format": meta.get("source_format"), "task": rec.get("task"),
-                         "entry": rec.get("entry"), "dataset": rec.get("dataset"),
+                         "entry": rec.get("entry"), "dataset": rec.get("dataset"), **data,
                          "encoder": rec.get("encoder"), "pooling": rec.get("pooling"),
                          "seed": rec.get("seed"), "metric": metric, "value": value,
                          "primary": metric == rec.get("primary_metric"), "chosen": rec.get("chosen"),

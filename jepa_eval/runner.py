@@ -104,6 +104,15 @@ class TaskContext:
         self._got.update(((role, p), f) for p, f in got.items())
         return got
 
+    def data_summary(self) -> dict[str, dict[str, Any]]:
+        """Per role: the split and how many images the task read (from the features it fetched, else the
+        split's size), for the record and the report's data table."""
+        out = {}
+        for role, split in self.entry.splits.items():
+            got = [f for (r, _), f in self._got.items() if r == role]
+            out[role] = {"split": split, "n": len(got[0].y) if got else len(self.dataset(role))}
+        return out
+
     def progress(self, iterable: Iterable, desc: str = "", **kw: Any) -> Iterable:
         return tqdm(iterable, desc=desc, disable=not self.show_progress, dynamic_ncols=True, **kw)
 
@@ -121,6 +130,12 @@ class Job:
     @property
     def label(self) -> str:
         return f"{checkpoint_name(self.spec)} [{self.encoder}] {self.entry_id}"
+
+
+def pretrain_dataset(meta: dict[str, Any]) -> str | None:
+    """The dataset a checkpoint was pretrained on, where its config says (this suite's runs), else None."""
+    data = (meta.get("config") or {}).get("data") or {}
+    return str(data["dataset"]) if data.get("dataset") else None
 
 
 def resolve_dataset(entry: BatteryEntry, roots: dict[str, str]) -> tuple[str, BatteryEntry]:
@@ -255,6 +270,7 @@ def run_job(job: Job, checkpoint: Checkpoint | None = None, force: bool = False,
                            "meta": {k: v for k, v in ck.meta.items() if k != "config"}},
             "task": entry.task, "entry": entry.id, "battery": battery.name, "dataset": dataset,
             "root": entry.root, "splits": entry.splits, "max_samples": entry.max_samples,
+            "data": ctx.data_summary(), "pretrain_dataset": pretrain_dataset(ck.meta),
             "encoder": job.encoder, "pooling": result.details.pop("pooling", ",".join(entry.poolings)),
             "params": entry.raw_params, "primary_metric": next(iter(result.metrics)),
             "metrics": result.metrics, "chosen": result.chosen, "selected_on": result.selected_on,

@@ -13,6 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=None,
                    help="stop after this many steps in total (schedules unchanged; --resume continues)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/jepa-latest.pth.tar")
+    p.add_argument("--dataset", default=None, help="dataset name (overrides data.dataset, e.g. fashion-mnist-sample)")
     p.add_argument("--root", default=None, help="dataset folder (overrides data.root)")
     p.add_argument("--seed", type=int, default=None, help="override meta.seed")
     p.add_argument("--launcher", choices=["inprocess", "local", "slurm"], default="inprocess",
@@ -32,8 +33,9 @@ def run(args: argparse.Namespace) -> int:
     from pretrain.train import main
     from jepa_eval.errors import UserError
     overrides: dict = {}
-    if args.root:
-        overrides["data"] = {"root": args.root}
+    data = {k: v for k, v in (("dataset", args.dataset), ("root", args.root)) if v}
+    if data:
+        overrides["data"] = data
     if args.seed is not None:
         overrides["meta"] = {"seed": args.seed}
     for name, value in (("--epochs", args.epochs), ("--max-steps", args.max_steps)):

@@ -13,6 +13,7 @@ from ..errors import UserError
 from ..results import iter_records, load, now
 from . import figures as figs
 from .render import Section, to_html, to_markdown
+from .data import data_table
 from .tables import aggregate, load_published, metadata_table, pivot, published_table
 
 
@@ -84,6 +85,10 @@ def build_report(results: Iterable[str | os.PathLike], out: str | os.PathLike,
             "and task (other seeds or settings) are shown as mean ± sample std (n = count); nothing is "
             "maximised over repeats. Rows marked (published) are numbers from the paper placed under a "
             "matching task; see the notes for how their protocol differs."]),
+        Section("Data", data_table(agg), text=[
+            "What each task column read: dataset, splits (role: split (images used)), and for which rows it "
+            "is in-domain or a transfer (the checkpoint was pretrained on other data, as its config says; "
+            "unknown where a checkpoint does not say)."]),
         Section("Published reference numbers", pub, text=[f"From {published['source']}."],
                 bullets=[f"{b['title']}: {b['protocol']}" for b in published["benchmarks"].values()]
                 + list(published.get("notes", []))),

@@ -23,8 +23,8 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     Repeats are records of the same checkpoint/encoder/entry that differ in configuration (e.g. the
     seed); the same record found twice (same record_id, e.g. a folder given twice) counts once."""
     prim = df[df["primary"]].drop_duplicates("record_id")
-    cols = ["model", "checkpoint", "encoder", "epoch", "entry", "task", "dataset", "metric", "column",
-            "mean", "std", "n", "source"]
+    cols = ["model", "checkpoint", "encoder", "epoch", "entry", "task", "dataset", "data", "pretrain_dataset",
+            "transfer", "metric", "column", "mean", "std", "n", "source"]
     if prim.empty:
         return pd.DataFrame(columns=cols)
     prim = prim.assign(checkpoint=_distinct_names(prim), column=prim["entry"] + " (" + prim["metric"] + ")",
@@ -33,7 +33,8 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     keys = ["model", "checkpoint", "sha256", "encoder", "entry", "metric", "column"]
     agg = (prim.groupby(keys, sort=False, dropna=False)
            .agg(mean=("value", "mean"), std=("value", "std"), n=("value", "size"),
-                epoch=("epoch", "first"), task=("task", "first"),
+                epoch=("epoch", "first"), task=("task", "first"), data=("data", "first"),
+                pretrain_dataset=("pretrain_dataset", "first"), transfer=("transfer", "first"),
                 dataset=("dataset", lambda s: ",".join(sorted({str(v) for v in s}))))
            .reset_index())
     agg["std"] = agg["std"].where(agg["n"] > 1)  # std of one value is undefined, not 0
