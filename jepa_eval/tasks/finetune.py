@@ -18,6 +18,7 @@ from ..task import Task, TaskResult, probe_config, register_task
 
 @register_task("finetune")
 class FinetuneTask(Task):
+    """End-to-end fine-tuning on a labelled subset (the ImageNet-1% row), MAE recipe, on images."""
     poolings = ("lastPOOL",)   # unused: the head is chosen by params.head; only this default is accepted
 
     @dataclass
