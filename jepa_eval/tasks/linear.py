@@ -8,10 +8,10 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..probes.linear import NORMS, Batches, LinearConfig, linear_probe
+from ..probes.linear import NORMS, Batches, LinearConfig, cached_batches, linear_probe
 from ..task import Task, TaskResult, register_task
 
-RECIPES = ("cached", "paper")
+RECIPES = ("cached", "paper", "views")
 
 
 def augmented_batches(ctx, pooling: str, batch_size: int, seed: int) -> Callable[[np.ndarray], Batches]:
@@ -46,6 +46,30 @@ def augmented_batches(ctx, pooling: str, batch_size: int, seed: int) -> Callable
     return make
 
 
+def view_batches(ctx, poolings: list[str], n_views: int, cfg: LinearConfig, train_y: np.ndarray
+                 ) -> tuple[dict[str, Callable[[np.ndarray], Batches]], list[str]]:
+    """The views recipe: ``n_views`` augmented views of the training images (``datasets/views.py``), each
+    extracted once into the feature cache (every pooling from one encoder pass) and read back from it on
+    reruns; epoch e trains on view e mod n_views. Returns the batch makers and the views' transform ids."""
+    from ..datasets.views import AugmentedView
+    size, base = int(ctx.checkpoint.meta["img_size"]), ctx.dataset("train")
+    views = []
+    for v in range(n_views):
+        view = AugmentedView(base, v, ctx.seed, size)
+        got = ctx.cache.get_or_extract_many(ctx.checkpoint, ctx.encoder, poolings, view, dtype=ctx.feature_dtype,
+                                            device=ctx.device, progress=ctx.show_progress)
+        if any(not np.array_equal(f.y, train_y) for f in got.values()):
+            raise RuntimeError(f"view {v} holds other labels than the training split")   # a cache-key bug
+        views.append((view.transform_id, got))
+
+    def maker(pooling: str) -> Callable[[np.ndarray], Batches]:
+        def make(fit_rows: np.ndarray) -> Batches:
+            streams = [cached_batches(got[pooling].x, train_y, fit_rows, cfg, ctx.device) for _, got in views]
+            return lambda epoch: streams[epoch % len(streams)](epoch)
+        return make
+    return {p: maker(p) for p in poolings}, [tid for tid, _ in views]
+
+
 @register_task("linear")
 class LinearTask(Task):
     poolings = ("lastPOOL", "concatPOOL4")
@@ -59,7 +83,8 @@ class LinearTask(Task):
         batch_size: int = 256
         momentum: float = 0.9
         schedule: str = "cosine"            # "step": lr / 10 every 15 epochs
-        recipe: str = "cached"              # "paper": RandomResizedCrop + flip on the fly (slow)
+        recipe: str = "cached"              # "paper": RandomResizedCrop + flip on the fly (slow); "views": below
+        views: int = 4                      # recipe "views": augmented views extracted once, epoch e reads e mod K
         holdout_fraction: float = 0.1
         inputs: list[str] = field(default_factory=lambda: LinearConfig().inputs)   # + "whitened" (small data)
         shrinkage: float = 1e-6            # of the whitening covariance towards its mean eigenvalue
@@ -71,6 +96,8 @@ class LinearTask(Task):
         def validate(self) -> str | None:
             if self.recipe not in RECIPES:
                 return f"recipe must be one of {', '.join(RECIPES)}, not '{self.recipe}'"
+            if self.views < 1:
+                return "views must be >= 1"
             if not 0 < self.holdout_fraction < 0.5:
                 return "holdout_fraction must be in (0, 0.5)"
             return self.config(0).validate()
@@ -85,15 +112,21 @@ class LinearTask(Task):
             train, test = ctx.features("train", pooling), ctx.features("test", pooling)
             sets[pooling] = (train.x, train.y, test.x, test.y)
             n_classes = max(len(train.classes), int(train.y.max()) + 1)
-        augmented = ({pl: augmented_batches(ctx, pl, cfg.batch_size, ctx.seed) for pl in sets}
-                     if p.recipe == "paper" else None)
+        augmented, view_ids = None, []
+        if p.recipe == "paper":
+            augmented = {pl: augmented_batches(ctx, pl, cfg.batch_size, ctx.seed) for pl in sets}
+        elif p.recipe == "views":   # more views than epochs would never be read
+            augmented, view_ids = view_batches(ctx, list(sets), min(p.views, p.epochs), cfg,
+                                               np.asarray(next(iter(sets.values()))[1]))
         res = linear_probe(sets, cfg, n_classes, p.holdout_fraction, ctx.workdir, ctx.device,
                            lambda it, desc: ctx.progress(it, desc), augmented)
         metrics = {"top1": res.top1, **({"top5": res.top5} if res.top5 is not None else {})}
-        chosen = {**res.chosen, "epochs": p.epochs, "recipe": p.recipe}
+        chosen = {**res.chosen, "epochs": p.epochs, "recipe": p.recipe,
+                  **({"views": len(view_ids)} if view_ids else {})}
         return TaskResult(metrics=metrics, chosen=chosen,
                           selected_on=f"train-holdout-{round(100 * p.holdout_fraction)}%",
                           details={"pooling": res.chosen["pooling"], "holdout_top1": res.holdout_top1,
                                    "grid": res.grid, "n_heads": len(res.grid),
                                    "n_train": len(sets[res.chosen["pooling"]][1]),
+                                   **({"view_transforms": view_ids} if view_ids else {}),
                                    "n_test": len(sets[res.chosen["pooling"]][3])})
