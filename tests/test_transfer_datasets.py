@@ -48,7 +48,7 @@ def test_cifar100_reads_the_python_pickles(tmp_path):
         assert x.shape == (3, 32, 32) and y == labels[3]
     test = get_dataset("cifar100", str(tmp_path), split="test", image_size=16)
     assert len(test) == 5 and list(test.targets) == raw["test"][1] and test.identity["split"] == "test"
-    assert test.identity["dataset"] == "cifar100" and test.eval_resize == "square"
+    assert test.identity["dataset"] == "cifar100" and test.eval_transform == "square"
 
 
 def test_cifar100_errors_are_one_line(tmp_path):
@@ -110,7 +110,7 @@ def test_places205_official_layout(tmp_path):
     assert np.asarray(train.load_image(0))[0, 0, 0] == 160     # row 0 is the file's first line (class 2)
     val = get_dataset("places205", str(tmp_path), split="val", image_size=16)
     assert len(val) == 6 and val.classes == train.classes and val.identity["split"] == "val"
-    assert train.eval_resize == "crop" and train[0][0].shape == (3, 16, 16)
+    assert train.eval_transform == "resize-crop" and train[0][0].shape == (3, 16, 16)
 
 
 def test_places205_errors_and_folder_fallback(tmp_path):

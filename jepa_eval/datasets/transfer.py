@@ -15,10 +15,11 @@ Layouts read (``root`` given by the battery or ``--root NAME=DIR``):
   label = rank of ``category_id`` among the categories' ids (0..8141), names from the categories. Fallback:
   class folders ``root/{train,val}/<class>/<image>``. Splits: train (437,513), val (24,426).
 
-Evaluation resize (``eval_resize``): CIFAR-100 images (32 px) are resized to the model's square input, as
-VISSL's CIFAR-100 config and the paper do ("resize the images to 224 x 224"); Places205 and iNat18 are
-ImageNet-style photos (VISSL: Resize(256) + CenterCrop(224)). Training augmentation for augmented linear
-recipes: CIFAR-100 resize + horizontal flip (VISSL's config); the others RandomResizedCrop + flip.
+Evaluation transform (``eval_transform``: square | resize-crop, the values of a battery entry's ``transform``):
+CIFAR-100 images (32 px) are resized to the model's square input, as VISSL's CIFAR-100 config and the paper
+do ("resize the images to 224 x 224"); Places205 and iNat18 are ImageNet-style photos (VISSL: Resize(256) +
+CenterCrop(224)). Training augmentation of the augmented linear recipes (``views``, ``paper``): CIFAR-100
+resize + horizontal flip (VISSL's config); the others RandomResizedCrop + flip.
 """
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ def _cifar_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 class CifarDataset(ArrayDataset):
-    eval_resize = "square"     # 32 px images: resize to the model's input (VISSL, the paper's Appendix A.2)
+    eval_transform = "square"   # 32 px images: resize to the model's input (VISSL, the paper's Appendix A.2)
     augmentation = "hflip"     # VISSL's CIFAR-100 linear config trains on Resize + RandomHorizontalFlip
 
     def train_transform(self, image_size: int) -> Callable[[Image.Image], torch.Tensor]:
@@ -147,7 +148,7 @@ def cifar100(root: str | None = None, split: str = "train") -> ImageDataset:
 # -- folder fallback shared by Places205 and iNat18 -------------------------------------------------
 
 class PhotoFolderDataset(FolderDataset):
-    eval_resize = "crop"       # ImageNet-style photos: shorter side + center crop (VISSL's test transform)
+    eval_transform = "resize-crop"   # ImageNet-style photos: shorter side + center crop (VISSL's test transform)
 
 
 def _class_folders(name: str, base: Path, split: str) -> ImageDataset:
