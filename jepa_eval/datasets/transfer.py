@@ -27,7 +27,7 @@ import csv
 import json
 import pickle
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -151,6 +151,19 @@ class PhotoFolderDataset(FolderDataset):
     eval_transform = "resize-crop"   # ImageNet-style photos: shorter side + center crop (VISSL's test transform)
 
 
+class UnderRoot(Sequence):
+    """The paths ``root / rel[i]``, built on access: 2.45M Path objects (Places205 train) would take ~1 GB."""
+
+    def __init__(self, root: Path, rel: list[str]) -> None:
+        self.root, self.rel = root, rel
+
+    def __len__(self) -> int:
+        return len(self.rel)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return [self.root / r for r in self.rel[i]] if isinstance(i, slice) else self.root / self.rel[i]
+
+
 def _class_folders(name: str, base: Path, split: str) -> ImageDataset:
     ds = imagefolder(str(base), split)
     identity = {**ds.identity, "dataset": name, "layout": "class-folders"}
@@ -159,7 +172,7 @@ def _class_folders(name: str, base: Path, split: str) -> ImageDataset:
 
 # -- Places205 ---------------------------------------------------------------------------------------
 
-def _read_places_list(path: Path) -> tuple[list[str], np.ndarray]:
+def _read_places_list(path: Path) -> tuple[list[str], np.ndarray, list[str]]:
     files, labels = [], []
     try:
         with open(path, newline="") as f:
@@ -175,7 +188,8 @@ def _read_places_list(path: Path) -> tuple[list[str], np.ndarray]:
         raise UserError(f"cannot read the Places205 list {path}: {e}") from None
     if not files:
         raise UserError(f"the Places205 list {path} is empty")
-    return files, np.array(labels, dtype=np.int64)
+    labels_arr = np.array(labels, dtype=np.int64)
+    return files, labels_arr, _places_classes(files, labels_arr, path)
 
 
 def _places_classes(files: list[str], labels: np.ndarray, path: Path) -> list[str]:
@@ -207,11 +221,10 @@ def places205(root: str | None = None, split: str = "train") -> ImageDataset:
     images = base / PLACES_IMAGES
     if not images.is_dir():
         raise UserError(f"Places205 image folder not found: {images} (the images256 tree of the release)")
-    files, labels = _cached(lst, _read_places_list)
-    classes = _places_classes(files, labels, lst)
+    files, labels, classes = _cached(lst, _read_places_list)
     if not (images / files[0]).is_file():  # a wrong root fails here, not hours into an extraction
         raise UserError(f"Places205 image missing: {images / files[0]} (listed in {lst})")
-    return PhotoFolderDataset([images / f for f in files], list(labels), classes,
+    return PhotoFolderDataset(UnderRoot(images, files), labels, classes,
                               {"dataset": "places205", "split": split, "n": len(files),
                                "root": str(base.resolve()), "list": _file_tag(lst)})
 
@@ -258,6 +271,6 @@ def inat18(root: str | None = None, split: str = "train") -> ImageDataset:
     files, labels, classes = _cached(path, _read_inat)
     if not (base / files[0]).is_file():  # a wrong root fails here, not hours into an extraction
         raise UserError(f"iNat18 image missing: {base / files[0]} (listed in {path}); root must hold train_val2018/")
-    return PhotoFolderDataset([base / f for f in files], list(labels), classes,
+    return PhotoFolderDataset(UnderRoot(base, files), labels, classes,
                               {"dataset": "inat18", "split": split, "n": len(files), "root": str(base.resolve()),
                                "annotations": _file_tag(path)})
