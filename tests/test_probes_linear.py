@@ -95,6 +95,34 @@ def test_streaming_visits_every_fit_row_once_from_a_memmap(tmp_path):
     assert not mm.flags.writeable
 
 
+def test_class_sorted_rows_train_like_a_shuffled_copy(tmp_path, monkeypatch):
+    """Image folders are class-sorted: batches must still be drawn from the whole training set (not
+    within file chunks), so every head ends where it ends on the same rows in shuffled order."""
+    from jepa_eval.probes import linear as linear_mod
+    from jepa_eval.probes import stream
+    rng = np.random.default_rng(0)
+    centers = np.random.default_rng(5).normal(size=(20, 32))
+    y, ty = np.repeat(np.arange(20), 100), np.repeat(np.arange(20), 50)            # sorted by class
+    x = (centers[y] + 1.5 * rng.normal(size=(2000, 32))).astype(np.float16)
+    tx = (centers[ty] + 1.5 * rng.normal(size=(1000, 32))).astype(np.float16)
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    reads = []
+    real_read = stream.read_rows
+    monkeypatch.setattr(stream, "read_rows", lambda *a: reads.append(len(a[3])) or real_read(*a))
+    monkeypatch.setattr(linear_mod, "chunk_rows", lambda *a, **k: 128)   # ImageNet-sized files: small chunks
+    cfg = LinearConfig(lrs=[0.03, 0.3], wds=[0.0], norms=["none", "bn"], epochs=10, batch_size=64)
+    perm = np.random.default_rng(1).permutation(len(y))
+    classes = [len(np.unique(yb.numpy())) for _, yb in cached_batches(mm, y, np.arange(2000), cfg, "cpu")(0)]
+    assert min(classes[:-1]) >= 12 and np.mean(classes) >= 17   # 64 uniform draws of 20 classes: ~19 expected
+    accs = []
+    for xs, ys in ((mm, y), (x[perm], y[perm])):
+        model = fit_grid(32, 20, cached_batches(xs, ys, np.arange(2000), cfg, "cpu"), 2000, cfg)
+        accs.append(grid_scores(model, tx, ty)[0])
+    assert accs[0].min() > 85 and np.abs(accs[0] - accs[1]).max() <= 1.5, accs   # within-chunk shuffling: 24 pts
+    assert reads and max(reads) <= 128                           # the memmap is read one chunk at a time
+
+
 def test_resume_continues_from_the_last_epoch(tmp_path):
     x, y = blobs(300)
     tx, ty = blobs(100, seed=1)
