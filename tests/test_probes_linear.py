@@ -69,6 +69,31 @@ def test_batched_heads_equal_heads_trained_alone():
         torch.testing.assert_close(grid.weight[g, :, l], one.weight[0, :, 0], rtol=1e-4, atol=1e-5)
 
 
+def test_nesterov_and_cosine_floor_equal_torch_sgd():
+    """VISSL's CLEVR probe: Nesterov momentum, wd, cosine lr down to lr * lr_end_factor - one head of the grid
+    follows torch.optim.SGD step for step."""
+    x, y = blobs(200)
+    cfg = LinearConfig(lrs=[0.1], wds=[5e-4], norms=["none"], epochs=3, batch_size=32, nesterov=True,
+                       lr_end_factor=0.01)
+    batches = cached_batches(x, y, np.arange(200), cfg, "cpu")
+    grid = fit_grid(24, 5, batches, 200, cfg)
+    w, b = torch.zeros(24, 5, requires_grad=True), torch.zeros(5, requires_grad=True)
+    opt = torch.optim.SGD([{"params": [w], "weight_decay": 5e-4}, {"params": [b], "weight_decay": 0.0}],
+                          lr=0.1, momentum=0.9, nesterov=True)
+    steps = int(np.ceil(200 / 32))
+    for epoch in range(3):
+        for i, (xb, yb) in enumerate(batches(epoch)):
+            t = (epoch + i / steps) / 3
+            for group in opt.param_groups:
+                group["lr"] = 0.1 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * t)))
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(xb.float() @ w + b, yb).backward()
+            opt.step()
+    torch.testing.assert_close(grid.weight[0, :, 0], w.detach(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grid.bias[0, 0], b.detach(), rtol=1e-4, atol=1e-6)
+    assert LinearConfig(lr_end_factor=0.01, schedule="step").validate() is not None
+
+
 def test_hand_written_gradients_equal_autograd():
     torch.manual_seed(0)
     model = HeadGrid(24, 5, ["none", "bn"], 3)
@@ -216,11 +241,20 @@ def test_shipped_batteries_validate(monkeypatch):
     assert {e.id for e in default.values() if e.optional} == {"clevr-count", "clevr-dist"}
     assert len(default["linear"].params.config(0).heads()) >= 24
     paper = {e.id: e for e in load_battery("ijepa-paper").entries}
+    vtab = {e.id: e for e in load_battery("vtab-1k").entries}
     for name in ("clevr-count", "clevr-dist"):
+        # the paper's CLEVR: VISSL's data (all CLEVR train scenes -> CLEVR val) and VISSL's probe
         assert paper[name].task == "linear" and paper[name].datasets == [name]
-        assert paper[name].splits == {"train": "train800val200", "test": "test"}
+        assert paper[name].splits == {"train": "trainval", "test": "test"}
         assert paper[name].root == "/data/CLEVR_v1.0"
+        cfg = paper[name].params.config(0)
+        assert (cfg.lrs, cfg.wds, cfg.batch_size, cfg.momentum, cfg.nesterov, cfg.schedule, cfg.lr_end_factor) == \
+            ([0.01], [5e-4], 256, 0.9, True, "cosine", 0.01)
+        assert cfg.epochs == (50 if name == "clevr-count" else 100)
+        # VTAB-1k lives in its own battery, under ids that say so
+        assert vtab[f"{name}-vtab1k"].splits == {"train": "train800val200", "test": "test"}
     assert paper["in1k-1pct"].params.subset_files and paper["in1k-linear"].splits["test"] == "val"
+    assert all(e.protocol for e in [*paper.values(), *vtab.values()])   # every entry states its protocol
     # small built-in data gets the whitened grid too; the paper's protocols train on the raw features only
     assert default["linear"].params.inputs == ["raw", "whitened"]
     assert all(e.params.inputs == ["raw"] for e in paper.values() if e.task == "linear")
