@@ -14,7 +14,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-# Evaluation preprocessing per protocol (docs/protocols.md, "Evaluation transforms"):
+# Evaluation preprocessing per protocol (docs/protocols.md §3.2):
 #   resize-crop: shorter side to round(size * 256 / 224) (bicubic), then a center crop of size x size - what
 #                VISSL, DINO and MSN do on ImageNet (256 -> 224 at 224 px, 512 -> 448 at 448 px);
 #   square:      resize to size x size (bicubic), no crop - CLEVR (a crop can remove objects) and the small

@@ -78,5 +78,6 @@ class LowShotTask(Task):
                           selected_on=f"cv-in-subset-{p.n_folds}fold",
                           details={"pooling": pooling, "per_seed": per_seed, "cv_grid": res.cv_grid,
                                    "lambdas": sorted(p.lambdas, reverse=True), "mean_cv_top1": cv,
-                                   "n_test": n_test, "n_train_encoded": len(selected), "std": "sample (ddof=1) over seeds/subsets",
+                                   "n_test": n_test, "n_train_encoded": len(selected),
+                                   "std": "sample (ddof=1) over seeds/subsets",
                                    "torch_threads": res.threads})
