@@ -69,3 +69,21 @@ def test_ijepa_paper_battery_end_to_end(tmp_path, monkeypatch, capsys):
     assert main(["report", "--results", str(out), "--out", str(tmp_path / "report")]) == 0
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Protocols" in md and "IN-1K 1% (frozen)" in md and "VISSL" in md
+
+
+def test_protocol_and_transform_keys_are_validated(tmp_path, capsys):
+    from jepa_eval.battery import load_battery
+    good = tmp_path / "good.yaml"
+    good.write_text("tasks:\n  - {task: knn, dataset: digits, protocol: '  DINO  k-NN\n    protocol ', "
+                    "transform: resize-crop}\n")
+    (entry,) = load_battery(str(good)).entries
+    assert entry.protocol == "DINO k-NN protocol" and entry.transform == "resize-crop"
+    assert entry.config()["transform"] == "resize-crop"       # a changed transform is a different record
+    for bad, expect in [("transform: crop", "'transform' must be one of resize-crop, square"),
+                        ("protocol: ''", "'protocol' must be a non-empty text"),
+                        ("protocol: [a]", "'protocol' must be a non-empty text")]:
+        path = tmp_path / "bad.yaml"
+        path.write_text(f"tasks:\n  - task: knn\n    dataset: digits\n    {bad}\n")
+        assert main(["run", "--checkpoint", SPEC, "--battery", str(path), "--out", str(tmp_path / "o")]) != 0
+        err = capsys.readouterr().err
+        assert expect in err and "Traceback" not in err and not (tmp_path / "o" / "records").exists()
