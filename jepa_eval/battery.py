@@ -11,6 +11,8 @@ tasks:
     pooling: lastPOOL                # or a list; default: the task's own
     params: {ks: [10, 20]}           # checked against the task's typed parameters
     optional: true                   # skip (with a note) instead of failing when the data is absent
+    protocol: "VISSL CLEVR linear"   # optional: the published protocol the entry follows (shown in reports)
+    transform: resize-crop           # optional: evaluation transform (resize-crop | square); default: the dataset's
 ```"""
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from .datasets.base import EVAL_TRANSFORMS
 from .errors import UserError, did_you_mean
 from .task import TASKS, build_params
 
@@ -34,7 +37,8 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
                               list("-+0123456789"))
 
-ENTRY_KEYS = {"task", "id", "dataset", "root", "splits", "max_samples", "pooling", "params", "seed", "optional"}
+ENTRY_KEYS = {"task", "id", "dataset", "root", "splits", "max_samples", "pooling", "params", "seed", "optional",
+              "protocol", "transform"}
 
 
 @dataclass
@@ -50,11 +54,16 @@ class BatteryEntry:
     raw_params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     optional: bool = False   # skipped with a note (not an error) when none of its datasets is present
+    protocol: str | None = None   # the published protocol this entry follows (a description, not identity)
+    transform: str | None = None  # evaluation transform; None until resolved: the dataset's own
 
     def config(self) -> dict[str, Any]:
-        """What identifies this entry's result (everything except the display id)."""
+        """What identifies this entry's result (everything except the display id and protocol note).
+        The transform counts only when it is not the square resize every record used before it existed,
+        so older records stay valid and a changed transform never reuses a record."""
+        extra = {"transform": self.transform} if self.transform not in (None, "square") else {}
         return {"task": self.task, "splits": self.splits, "max_samples": self.max_samples,
-                "poolings": self.poolings, "params": self.raw_params, "seed": self.seed}
+                "poolings": self.poolings, "params": self.raw_params, "seed": self.seed, **extra}
 
 
 @dataclass
@@ -105,9 +114,16 @@ def _entry(raw: Any, where: str) -> BatteryEntry:
         raise UserError(f"{where}: 'seed' must be an integer")
     if not isinstance(raw.get("optional", False), bool):
         raise UserError(f"{where}: 'optional' must be true or false")
+    protocol = raw.get("protocol")
+    if protocol is not None and (not isinstance(protocol, str) or not protocol.strip()):
+        raise UserError(f"{where}: 'protocol' must be a non-empty text naming the protocol the entry follows")
+    transform = raw.get("transform")
+    if transform is not None and transform not in EVAL_TRANSFORMS:
+        raise UserError(f"{where}: 'transform' must be one of {', '.join(EVAL_TRANSFORMS)}, not {transform!r}")
     entry_id = str(raw.get("id") or f"{raw['task']}-{datasets[0]}")
     return BatteryEntry(entry_id, str(raw["task"]), datasets, root, splits, dict(max_samples), poolings,
-                        params, dict(params_raw), seed, bool(raw.get("optional", False)))
+                        params, dict(params_raw), seed, bool(raw.get("optional", False)),
+                        " ".join(protocol.split()) if protocol else None, transform)
 
 
 def load_battery(name_or_path: str) -> Battery:

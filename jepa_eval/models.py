@@ -11,7 +11,7 @@ from torch import nn
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 
-# Heads cannot be read from weights; the I-JEPA variants by width (PROTOCOLS.md §1).
+# Heads cannot be read from weights; the I-JEPA variants by width (docs/protocols.md §1).
 HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16}
 VARIANTS = {  # name: (width, depth, heads, mlp_ratio)
     "vit_tiny": (192, 12, 3, 4.0), "vit_small": (384, 12, 6, 4.0), "vit_base": (768, 12, 12, 4.0),

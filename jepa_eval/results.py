@@ -21,7 +21,7 @@ from .errors import UserError
 SCHEMA = 1
 COLUMNS = ["record_id", "checkpoint", "sha256", "epoch", "source_format", "task", "entry", "dataset",
            "data", "pretrain_dataset", "transfer", "encoder", "pooling", "seed", "metric", "value", "primary",
-           "chosen", "selected_on", "path"]
+           "chosen", "selected_on", "protocol", "train_split", "eval_transform", "path"]
 
 
 def record_id(fields: dict[str, Any]) -> str:
@@ -121,7 +121,9 @@ def load(dirs: str | os.PathLike | Iterable[str | os.PathLike]) -> pd.DataFrame:
                          "encoder": rec.get("encoder"), "pooling": rec.get("pooling"),
                          "seed": rec.get("seed"), "metric": metric, "value": value,
                          "primary": metric == rec.get("primary_metric"), "chosen": rec.get("chosen"),
-                         "selected_on": rec.get("selected_on"), "path": str(path)})
+                         "selected_on": rec.get("selected_on"), "protocol": rec.get("protocol"),
+                         "train_split": (rec.get("splits") or {}).get("train"),
+                         "eval_transform": rec.get("eval_transform"), "path": str(path)})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -7,6 +7,7 @@ Launchers (in-process, submitit) only decide where ``run_job`` runs."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import sys
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
@@ -22,6 +24,7 @@ from tqdm.auto import tqdm
 from .battery import Battery, BatteryEntry, load_battery
 from .checkpoint import Checkpoint, load_checkpoint
 from .datasets import get_dataset
+from .datasets.base import SubsetDataset, eval_transform_id
 from .errors import UserError
 from .features import FeatureCache, Features
 from .results import SCHEMA, git_commit, now, read_record, record_id, versions, write_record
@@ -69,14 +72,24 @@ class TaskContext:
         """What makes two roles (of any jobs) read the same images: same key, same dataset."""
         e = self.entry
         return (self.checkpoint.meta.get("sha256"), self.encoder, self.dataset_name, e.root, e.splits[role],
-                e.max_samples.get(role), e.seed, self.feature_dtype)
+                e.max_samples.get(role), e.seed, self.feature_dtype, e.transform, row_selection(e, role))
 
     def dataset(self, role: str):
+        """The role's images as the task reads them: the split under the entry's eval transform, then
+        narrowed to the rows the task selects (``select_rows``, e.g. low-shot subsets) before extraction."""
         if role not in self.entry.splits:
             raise UserError(f"entry '{self.entry.id}' has no split for role '{role}'")
-        return get_dataset(self.dataset_name, self.entry.root, split=self.entry.splits[role],
-                           image_size=int(self.checkpoint.meta["img_size"]),
-                           max_samples=self.entry.max_samples.get(role), seed=self.entry.seed)
+        e = self.entry
+        ds = get_dataset(self.dataset_name, e.root, split=e.splits[role],
+                         image_size=int(self.checkpoint.meta["img_size"]),
+                         max_samples=e.max_samples.get(role), seed=e.seed, transform=e.transform)
+        if row_selection(e, role) is None:
+            return ds
+        rows = np.asarray(TASKS.get(e.task).select_rows(e.params, role, ds, e.seed), dtype=np.int64)
+        if len(rows) == 0 or np.any(np.diff(rows) <= 0) or rows[0] < 0 or rows[-1] >= len(ds):
+            raise RuntimeError(f"task '{e.task}' selected invalid rows (need sorted, unique, in range)")
+        digest = hashlib.sha256(rows.tobytes()).hexdigest()[:16]   # the cache key names exactly these rows
+        return SubsetDataset(ds, rows, {"selected_rows": f"{len(rows)}-{digest}", "selected_by": e.task})
 
     def features(self, role: str, pooling: str) -> Features:
         """One pooling of a role; the first call for a role also fills every other pooling this entry
@@ -144,9 +157,10 @@ def resolve_dataset(entry: BatteryEntry, roots: dict[str, str]) -> tuple[str, Ba
     for name in entry.datasets:
         root = roots.get(name) or entry.root  # the command line overrides the battery
         try:
-            get_dataset(name, root, split=next(iter(entry.splits.values())), image_size=8)
-            if root != entry.root:
-                entry = BatteryEntry(**{**entry.__dict__, "root": root})
+            ds = get_dataset(name, root, split=next(iter(entry.splits.values())), image_size=8,
+                             transform=entry.transform)
+            if root != entry.root or entry.transform is None:   # the transform resolves to the dataset's own
+                entry = BatteryEntry(**{**entry.__dict__, "root": root, "transform": ds.eval_transform})
             return name, entry
         except UserError as e:
             errors.append(str(e))
@@ -177,6 +191,15 @@ def resolve_job(job: Job, ck: Checkpoint) -> tuple[Battery, BatteryEntry | None,
         return battery, None, f"optional entry, data absent ({e})", Path(), ""
     path, rid = record_path(job, ck, entry, dataset)
     return battery, entry, dataset, path, rid
+
+
+def row_selection(entry: BatteryEntry, role: str) -> str | None:
+    """Which rows of a role's split a task keeps before extraction, as a cheap identity (None: all).
+    A task opts in with ``selected_roles`` and a ``select_rows(params, role, dataset, seed)`` classmethod."""
+    task_cls = TASKS.get(entry.task)
+    if role not in getattr(task_cls, "selected_roles", ()):
+        return None
+    return f"{entry.task}:{json.dumps(entry.raw_params, sort_keys=True, default=str)}"
 
 
 def feature_needs(entry: BatteryEntry) -> list[tuple[str, str]]:
@@ -272,6 +295,8 @@ def run_job(job: Job, checkpoint: Checkpoint | None = None, force: bool = False,
             "root": entry.root, "splits": entry.splits, "max_samples": entry.max_samples,
             "data": ctx.data_summary(), "pretrain_dataset": pretrain_dataset(ck.meta),
             "encoder": job.encoder, "pooling": result.details.pop("pooling", ",".join(entry.poolings)),
+            "protocol": entry.protocol,
+            "eval_transform": eval_transform_id(entry.transform or "square", int(ck.meta["img_size"])),
             "params": entry.raw_params, "primary_metric": next(iter(result.metrics)),
             "metrics": result.metrics, "chosen": result.chosen, "selected_on": result.selected_on,
             "details": result.details, "seed": entry.seed, "git_commit": git_commit(),

@@ -1,4 +1,4 @@
-"""Checkpoints in the official I-JEPA layout (PROTOCOLS.md §1) plus what an exact resume needs.
+"""Checkpoints in the official I-JEPA layout (docs/protocols.md §1) plus what an exact resume needs.
 
 Top level: ``encoder, predictor, target_encoder, opt, scaler, epoch, loss, batch_size, world_size, lr``
 with every model key prefixed by ``module.`` (as saved from DDP), so Meta's code and

@@ -1,4 +1,4 @@
-"""I-JEPA multi-block masking (PROTOCOLS.md §2): one context block and several target blocks per image.
+"""I-JEPA multi-block masking (docs/protocols.md §2): one context block and several target blocks per image.
 
 Block *sizes* are drawn once per batch, block *positions* per image; the context block excludes every
 target block; all masks of a batch are cut to the shortest so they stack into [B, K] index tensors.

@@ -1,4 +1,4 @@
-"""I-JEPA pretraining loop (PROTOCOLS.md §2), one process per GPU (DDP when WORLD_SIZE > 1) or one on CPU.
+"""I-JEPA pretraining loop (docs/protocols.md §2), one process per GPU (DDP when WORLD_SIZE > 1) or one on CPU.
 
 ``main(config, out, ...)`` is the single entry point: the CLI calls it, and a cluster launcher (e.g. a
 submitit job that exported RANK/WORLD_SIZE/MASTER_ADDR) can call it as is. Every schedule is a pure

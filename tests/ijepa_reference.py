@@ -1,5 +1,5 @@
 """A test-only oracle: the official I-JEPA forward semantics written with plain tensor ops on a state
-dict (PROTOCOLS.md §1). It shares no code with jepa_eval, so parity tests compare two independent
+dict (docs/protocols.md §1). It shares no code with jepa_eval, so parity tests compare two independent
 implementations: timm's ViT with mapped weights against this one."""
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ def make_record(out: Path, name: str, entry: str, metrics: dict[str, float], *, 
                 task: str = "knn", dataset: str = "digits", seed: int = 0, epoch: int | None = None,
                 chosen: dict[str, Any] | None = None, selected_on: str | None = None,
                 details: dict[str, Any] | None = None, pooling: str = "lastPOOL",
-                source_format: str = "ijepa-official", sha_seed: str | None = None) -> Path:
+                source_format: str = "ijepa-official", sha_seed: str | None = None, **extra: Any) -> Path:
     sha = record_id({"ckpt": sha_seed or name})  # a stable fake hash per checkpoint file
     rid = record_id({"sha": sha, "entry": entry, "encoder": encoder, "seed": seed, "dataset": dataset})
     rec = {"schema": SCHEMA, "record_id": rid, "created": "2026-01-01T00:00:00+00:00",
@@ -21,7 +21,7 @@ def make_record(out: Path, name: str, entry: str, metrics: dict[str, float], *, 
            "task": task, "entry": entry, "battery": "test", "dataset": dataset, "encoder": encoder,
            "pooling": pooling, "params": {}, "primary_metric": next(iter(metrics)), "metrics": metrics,
            "chosen": chosen or {}, "selected_on": selected_on, "details": details or {}, "seed": seed,
-           "wall_time_s": 1.0}
+           "wall_time_s": 1.0, **extra}   # extra: e.g. splits, protocol, eval_transform
     path = out / "records" / name.replace("/", "_") / f"{entry}-{encoder}-{rid}.json"
     write_record(path, rec)
     return path

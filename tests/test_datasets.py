@@ -99,3 +99,33 @@ def test_max_samples_is_a_seeded_class_stratified_subset():
 def test_unknown_dataset_suggests_a_name():
     with pytest.raises(UserError, match="did you mean 'digits'"):
         get_dataset("digit")
+
+
+def test_eval_transforms_per_protocol_and_their_cache_keys(tmp_path):
+    """Image folders: shorter side to size*256/224 (bicubic) + center crop, as VISSL/DINO/MSN; the square
+    resize elsewhere; the transform is part of the feature-cache key."""
+    import torch
+    from torchvision import transforms as T
+
+    from jepa_eval.datasets.base import IMAGENET_MEAN, IMAGENET_STD, crop_resize
+    from jepa_eval.features import FeatureCache
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 90, 3), dtype=np.uint8))  # wide
+    img.save(tmp_path / "train" / "a" / "a_0.png")
+    crop = get_dataset("imagefolder", str(tmp_path), "train", image_size=28)
+    explicit = T.Compose([T.Resize(32, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(28),
+                          T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(img)
+    squashed = T.Compose([T.Resize((28, 28), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
+                          T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(img)
+    assert torch.equal(crop[0][0], explicit) and crop.transform_id == "resize32-centercrop28-bicubic-imagenetnorm"
+    square = get_dataset("imagefolder", str(tmp_path), "train", image_size=28, transform="square")
+    assert torch.equal(square[0][0], squashed) and (crop[0][0] - squashed).abs().max() > 0.5
+    assert (crop_resize(224), crop_resize(448)) == (256, 512)
+    meta = {"sha256": "0" * 64, "img_size": 28}
+    keys = {FeatureCache(tmp_path / "c").key(FeatureCache.key_fields(meta, "target", "lastPOOL", ds, "float16"))
+            for ds in (crop, square)}
+    assert len(keys) == 2
+    digits = get_dataset("digits", split="test", image_size=28)        # built-in square images: square resize
+    assert digits.eval_transform == "square" and digits.transform_id == "resize28-bicubic-imagenetnorm"
+    with pytest.raises(UserError, match="unknown eval transform 'crop'"):
+        get_dataset("digits", split="test", transform="crop")

@@ -1,4 +1,4 @@
-"""Property tests of the multi-block mask collator (PROTOCOLS.md §2)."""
+"""Property tests of the multi-block mask collator (docs/protocols.md §2)."""
 from __future__ import annotations
 
 import math

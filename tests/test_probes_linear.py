@@ -69,6 +69,31 @@ def test_batched_heads_equal_heads_trained_alone():
         torch.testing.assert_close(grid.weight[g, :, l], one.weight[0, :, 0], rtol=1e-4, atol=1e-5)
 
 
+def test_nesterov_and_cosine_floor_equal_torch_sgd():
+    """VISSL's CLEVR probe: Nesterov momentum, wd, cosine lr down to lr * lr_end_factor - one head of the grid
+    follows torch.optim.SGD step for step."""
+    x, y = blobs(200)
+    cfg = LinearConfig(lrs=[0.1], wds=[5e-4], norms=["none"], epochs=3, batch_size=32, nesterov=True,
+                       lr_end_factor=0.01)
+    batches = cached_batches(x, y, np.arange(200), cfg, "cpu")
+    grid = fit_grid(24, 5, batches, 200, cfg)
+    w, b = torch.zeros(24, 5, requires_grad=True), torch.zeros(5, requires_grad=True)
+    opt = torch.optim.SGD([{"params": [w], "weight_decay": 5e-4}, {"params": [b], "weight_decay": 0.0}],
+                          lr=0.1, momentum=0.9, nesterov=True)
+    steps = int(np.ceil(200 / 32))
+    for epoch in range(3):
+        for i, (xb, yb) in enumerate(batches(epoch)):
+            t = (epoch + i / steps) / 3
+            for group in opt.param_groups:
+                group["lr"] = 0.1 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * t)))
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(xb.float() @ w + b, yb).backward()
+            opt.step()
+    torch.testing.assert_close(grid.weight[0, :, 0], w.detach(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grid.bias[0, 0], b.detach(), rtol=1e-4, atol=1e-6)
+    assert LinearConfig(lr_end_factor=0.01, schedule="step").validate() is not None
+
+
 def test_hand_written_gradients_equal_autograd():
     torch.manual_seed(0)
     model = HeadGrid(24, 5, ["none", "bn"], 3)
@@ -93,6 +118,34 @@ def test_streaming_visits_every_fit_row_once_from_a_memmap(tmp_path):
     seen = np.concatenate([xb[:, 0].numpy() for xb, _ in epoch_batches(mm, y, fit, 16, 0, 0, 100, torch.device("cpu"))])
     assert sorted(seen.tolist()) == sorted(mm[fit, 0].astype(np.float32).tolist())
     assert not mm.flags.writeable
+
+
+def test_class_sorted_rows_train_like_a_shuffled_copy(tmp_path, monkeypatch):
+    """Image folders are class-sorted: batches must still be drawn from the whole training set (not
+    within file chunks), so every head ends where it ends on the same rows in shuffled order."""
+    from jepa_eval.probes import linear as linear_mod
+    from jepa_eval.probes import stream
+    rng = np.random.default_rng(0)
+    centers = np.random.default_rng(5).normal(size=(20, 32))
+    y, ty = np.repeat(np.arange(20), 100), np.repeat(np.arange(20), 50)            # sorted by class
+    x = (centers[y] + 1.5 * rng.normal(size=(2000, 32))).astype(np.float16)
+    tx = (centers[ty] + 1.5 * rng.normal(size=(1000, 32))).astype(np.float16)
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    reads = []
+    real_read = stream.read_rows
+    monkeypatch.setattr(stream, "read_rows", lambda *a: reads.append(len(a[3])) or real_read(*a))
+    monkeypatch.setattr(linear_mod, "chunk_rows", lambda *a, **k: 128)   # ImageNet-sized files: small chunks
+    cfg = LinearConfig(lrs=[0.03, 0.3], wds=[0.0], norms=["none", "bn"], epochs=10, batch_size=64)
+    perm = np.random.default_rng(1).permutation(len(y))
+    classes = [len(np.unique(yb.numpy())) for _, yb in cached_batches(mm, y, np.arange(2000), cfg, "cpu")(0)]
+    assert min(classes[:-1]) >= 12 and np.mean(classes) >= 17   # 64 uniform draws of 20 classes: ~19 expected
+    accs = []
+    for xs, ys in ((mm, y), (x[perm], y[perm])):
+        model = fit_grid(32, 20, cached_batches(xs, ys, np.arange(2000), cfg, "cpu"), 2000, cfg)
+        accs.append(grid_scores(model, tx, ty)[0])
+    assert accs[0].min() > 85 and np.abs(accs[0] - accs[1]).max() <= 1.5, accs   # within-chunk shuffling: 24 pts
+    assert reads and max(reads) <= 128                           # the memmap is read one chunk at a time
 
 
 def test_resume_continues_from_the_last_epoch(tmp_path):
@@ -188,11 +241,20 @@ def test_shipped_batteries_validate(monkeypatch):
     assert {e.id for e in default.values() if e.optional} == {"clevr-count", "clevr-dist"}
     assert len(default["linear"].params.config(0).heads()) >= 24
     paper = {e.id: e for e in load_battery("ijepa-paper").entries}
+    vtab = {e.id: e for e in load_battery("vtab-1k").entries}
     for name in ("clevr-count", "clevr-dist"):
+        # the paper's CLEVR: VISSL's data (all CLEVR train scenes -> CLEVR val) and VISSL's probe
         assert paper[name].task == "linear" and paper[name].datasets == [name]
-        assert paper[name].splits == {"train": "train800val200", "test": "test"}
+        assert paper[name].splits == {"train": "trainval", "test": "test"}
         assert paper[name].root == "/data/CLEVR_v1.0"
+        cfg = paper[name].params.config(0)
+        assert (cfg.lrs, cfg.wds, cfg.batch_size, cfg.momentum, cfg.nesterov, cfg.schedule, cfg.lr_end_factor) == \
+            ([0.01], [5e-4], 256, 0.9, True, "cosine", 0.01)
+        assert cfg.epochs == (50 if name == "clevr-count" else 100)
+        # VTAB-1k lives in its own battery, under ids that say so
+        assert vtab[f"{name}-vtab1k"].splits == {"train": "train800val200", "test": "test"}
     assert paper["in1k-1pct"].params.subset_files and paper["in1k-linear"].splits["test"] == "val"
+    assert all(e.protocol for e in [*paper.values(), *vtab.values()])   # every entry states its protocol
     # small built-in data gets the whitened grid too; the paper's protocols train on the raw features only
     assert default["linear"].params.inputs == ["raw", "whitened"]
     assert all(e.params.inputs == ["raw"] for e in paper.values() if e.task == "linear")

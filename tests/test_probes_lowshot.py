@@ -175,3 +175,46 @@ def test_same_result_with_one_or_two_threads():
     assert [p["lambda"] for p in one.per_seed] == [p["lambda"] for p in two.per_seed]
     assert one.top1_mean == pytest.approx(two.top1_mean) and one.top1_std == pytest.approx(two.top1_std)
     np.testing.assert_allclose(one.cv_grid, two.cv_grid, atol=1e-9)
+
+
+def test_subset_file_run_encodes_only_the_subset_images(tmp_path, monkeypatch):
+    """ImageNet-1% style: only the subset's training images are encoded (plus the whole test split),
+    and the result equals a run whose train split holds just those images."""
+    from jepa_eval import runner
+    from jepa_eval.datasets.builtin import FolderDataset
+    rng = np.random.default_rng(0)
+    root = tmp_path / "imnet"
+    for split, n in (("train", 8), ("val", 3)):
+        for cls in ("n01", "n02"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (12, 14, 3), dtype=np.uint8)).save(
+                    root / split / cls / f"{cls}_{i}.png")
+    subset = tmp_path / "1percent.txt"
+    names = ["n01_1.png", "n01_4.png", "n01_6.png", "n02_0.png", "n02_5.png", "n02_7.png"]
+    subset.write_text("\n".join(names) + "\n")
+    loaded = []
+    real = FolderDataset.load_image
+    monkeypatch.setattr(FolderDataset, "load_image", lambda self, i: loaded.append(self.files[i]) or real(self, i))
+    battery = tmp_path / "b.yaml"
+    battery.write_text(f"tasks:\n  - {{task: lowshot, id: in1k-1pct, dataset: imagefolder, root: {root}, "
+                       f"splits: {{train: train, test: val}}, params: {{subset_files: ['{subset}'], n_folds: 3}}}}\n")
+    spec = "timm:vit_tiny_patch16_224,img_size=16,patch_size=8,depth=2"
+    (path,) = runner.run_in_process(runner.plan([spec], str(battery), tmp_path / "out", tmp_path / "cache"),
+                                    progress=False)
+    train_loaded = {p.name for p in loaded if p.parent.parent.name == "train"}
+    assert train_loaded == set(names)                           # no other training image was ever read
+    rec = json.loads(path.read_text())
+    assert rec["details"]["n_train_encoded"] == len(names) and rec["details"]["n_test"] == 6
+    metas = [json.loads(m.read_text()) for m in (tmp_path / "cache").glob("*/meta.json")]
+    assert sorted(m["n"] for m in metas) == [6, 6]             # train entry: the subset; test entry: all of val
+    # the same numbers as a folder that holds only the subset's images
+    only = tmp_path / "only"
+    for n in names:
+        (only / "train" / n[:3]).mkdir(parents=True, exist_ok=True)
+        (only / "train" / n[:3] / n).write_bytes((root / "train" / n[:3] / n).read_bytes())
+    (only / "val").symlink_to(root / "val")
+    battery.write_text(battery.read_text().replace(str(root), str(only)))
+    (other,) = runner.run_in_process(runner.plan([spec], str(battery), tmp_path / "out2", tmp_path / "cache"),
+                                     progress=False)
+    assert json.loads(other.read_text())["metrics"] == rec["metrics"]

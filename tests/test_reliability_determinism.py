@@ -8,7 +8,8 @@ import numpy as np
 from _reliability import SPEC, cli_inprocess, knn_entry, records, write_battery
 
 
-# linear and lowshot read the same features as knn-seed0 (same dataset, subset, seed and pooling)
+# linear reads the same features as knn-seed0 (same dataset, subset, seed and pooling); lowshot reads the
+# test features too, but encodes only its k-per-class subsets' training images (an entry of their own)
 LINEAR = """task: linear
 id: linear
 dataset: digits
@@ -44,8 +45,9 @@ def test_same_seed_same_numbers(tmp_path, capsys):
             assert first[entry][key] == second[entry][key], (entry, key)
     assert first["linear"]["details"]["grid"] == second["linear"]["details"]["grid"]
     assert first["lowshot"]["details"]["per_seed"] == second["lowshot"]["details"]["per_seed"]
-    assert feats1.keys() == feats2.keys() and len(feats1) == 4  # (train, test) x two seeded subsets
+    # (train, test) x two seeded subsets, plus lowshot's subset rows of the seed-0 train split
+    assert feats1.keys() == feats2.keys() and len(feats1) == 5
     for key in feats1:
         assert np.array_equal(feats1[key], feats2[key]), key
     # the seed is not ignored: it draws another subset, hence other features
-    assert len({f.tobytes() for f in feats1.values()}) == 4
+    assert len({f.tobytes() for f in feats1.values()}) == 5

@@ -60,6 +60,37 @@ def test_pivot_aggregates_repeats_and_keeps_missing_cells(results):
     assert "I-JEPA ViT-B/16 (published)" not in text.index  # it has no CLEVR number
 
 
+def test_published_numbers_only_beside_the_same_protocol(tmp_path):
+    """Frozen low-shot and fine-tuned 1 % results get their own columns, each beside the published numbers of
+    its protocol; VTAB-1k CLEVR is never placed beside the paper's full-CLEVR numbers."""
+    from jepa_eval.report.tables import protocol_table
+    r = tmp_path / "results"
+    for entry, task, dataset, train, v in [("in1k-1pct", "lowshot", "imagefolder", "train", 60.0),
+                                           ("in1k-1pct-finetune", "finetune", "imagefolder", "train", 70.0),
+                                           ("clevr-count", "linear", "clevr-count", "trainval", 80.0),
+                                           ("clevr-count-vtab1k", "linear", "clevr-count", "train800val200", 50.0)]:
+        make_record(r, "ijepa-vith14", entry, {"top1": v}, task=task, dataset=dataset, splits={"train": train},
+                    protocol=f"protocol of {entry}", eval_transform="resize256-centercrop224-bicubic-imagenetnorm")
+    published = load_published()
+    agg = aggregate(load(r))
+    numbers, _ = pivot(agg, published)
+    frozen, tuned = numbers["in1k-1pct (top1)"], numbers["in1k-1pct-finetune (top1)"]
+    assert frozen["MSN ViT-B/4 (published)"] == 75.7 and math.isnan(frozen["I-JEPA ViT-H/14 (published)"])
+    assert tuned["I-JEPA ViT-H/14 (published)"] == 73.3 and math.isnan(tuned["MSN ViT-B/4 (published)"])
+    assert numbers["clevr-count (top1)"]["I-JEPA ViT-H/14 (published)"] == 86.7
+    assert numbers["clevr-count-vtab1k (top1)"].drop("ijepa-vith14 [target]").isna().all()
+    table = protocol_table(agg, published)
+    assert table.loc["clevr-count-vtab1k (top1)", "published column"] == "none (not comparable)"
+    assert table.loc["in1k-1pct-finetune (top1)", "published column"] == "IN-1K 1% (fine-tuned)"
+    assert table.loc["in1k-1pct (top1)", "published column"] == "IN-1K 1% (frozen)"
+    assert table.loc["clevr-count (top1)", "protocol"] == "protocol of clevr-count"
+    # a user's own entry named plainly 'clevr-count' but trained on VTAB-1k splits is not compared either
+    make_record(r, "other", "clevr-count", {"top1": 40.0}, task="linear", dataset="clevr-count",
+                splits={"train": "train800val200"})
+    numbers, _ = pivot(aggregate(load(r / "records" / "other")), published)
+    assert list(numbers.index) == ["other [target]"]
+
+
 def test_same_record_twice_counts_once(results):
     agg = aggregate(load([results, results]))
     assert int(agg.loc[agg["column"] == "knn (top1_k20)", "n"].max()) == 1

@@ -1,5 +1,5 @@
 """jepa-eval decoder: train an RCDM-style diffusion decoder on a checkpoint's representations, and draw
-what its predictor predicts for masked boxes (PROTOCOLS.md §4)."""
+what its predictor predicts for masked boxes (docs/protocols.md §4)."""
 from __future__ import annotations
 
 import argparse

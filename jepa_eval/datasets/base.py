@@ -14,13 +14,47 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# Evaluation preprocessing per protocol (docs/protocols.md §3.2):
+#   resize-crop: shorter side to round(size * 256 / 224) (bicubic), then a center crop of size x size - what
+#                VISSL, DINO and MSN do on ImageNet (256 -> 224 at 224 px, 512 -> 448 at 448 px);
+#   square:      resize to size x size (bicubic), no crop - CLEVR (a crop can remove objects) and the small
+#                built-in datasets, whose images are already square.
+EVAL_TRANSFORMS = ("resize-crop", "square")
+
+
 def default_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
     return T.Compose([T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BICUBIC),
                       T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
+def crop_resize(image_size: int) -> int:
+    """The shorter-side size resize-crop resizes to before its center crop (224 -> 256, 448 -> 512)."""
+    return round(image_size * 256 / 224)
+
+
+def eval_transform_id(kind: str, image_size: int) -> str:
+    """The transform's identity in cache keys and records (the square one keeps its former name, so
+    caches built before resize-crop existed stay valid)."""
+    if kind == "square":
+        return f"resize{image_size}-bicubic-imagenetnorm"
+    if kind == "resize-crop":
+        return f"resize{crop_resize(image_size)}-centercrop{image_size}-bicubic-imagenetnorm"
+    raise UserError(f"unknown eval transform '{kind}'; use one of {', '.join(EVAL_TRANSFORMS)}")
+
+
+def eval_transform(kind: str, image_size: int) -> Callable[[Image.Image], torch.Tensor]:
+    """The evaluation transform ``kind`` (see EVAL_TRANSFORMS) at the model's resolution."""
+    eval_transform_id(kind, image_size)   # validates kind
+    if kind == "square":
+        return default_transform(image_size)
+    return T.Compose([T.Resize(crop_resize(image_size), interpolation=T.InterpolationMode.BICUBIC),
+                      T.CenterCrop(image_size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
 class ImageDataset(torch.utils.data.Dataset):
-    """Subclasses implement ``load_image(i) -> PIL.Image`` and set ``targets``, ``classes``, ``identity``."""
+    """Subclasses implement ``load_image(i) -> PIL.Image`` and set ``targets``, ``classes``, ``identity``;
+    ``eval_transform`` names the protocol's evaluation preprocessing (EVAL_TRANSFORMS)."""
+    eval_transform: str = "square"
 
     def __init__(self, targets: np.ndarray, classes: list[str], identity: dict[str, Any]) -> None:
         self.targets = np.asarray(targets, dtype=np.int64)
@@ -51,6 +85,7 @@ class SubsetDataset(ImageDataset):
     def __init__(self, base: ImageDataset, indices: np.ndarray, note: dict[str, Any]) -> None:
         super().__init__(base.targets[indices], base.classes, {**base.identity, **note})
         self.base, self.indices = base, np.asarray(indices)
+        self.eval_transform = base.eval_transform
         self.transform, self.transform_id = base.transform, base.transform_id
 
     def load_image(self, index: int) -> Image.Image:

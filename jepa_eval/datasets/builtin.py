@@ -99,6 +99,8 @@ def fashion_mnist(root: str | None = None, split: str = "train") -> ImageDataset
 
 
 class FolderDataset(ImageDataset):
+    eval_transform = "resize-crop"   # ImageNet-style photos of any aspect ratio: shorter side + center crop
+
     def __init__(self, files: list[Path], targets: list[int], classes: list[str], identity: dict) -> None:
         super().__init__(np.array(targets), classes, identity)
         self.files = files

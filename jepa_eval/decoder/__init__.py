@@ -1,4 +1,4 @@
-"""RCDM-style diffusion decoder probe (PROTOCOLS.md §4): draw what a representation, or the predictor's
+"""RCDM-style diffusion decoder probe (docs/protocols.md §4): draw what a representation, or the predictor's
 guess of one, says is inside a masked box.
 
 The decoder is trained on the TARGET encoder's average-pooled representation of a target block (what the

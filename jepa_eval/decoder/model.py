@@ -1,4 +1,4 @@
-"""The RCDM-style decoder (PROTOCOLS.md §4): a diffusers ``UNet2DModel`` whose timestep embedding gets a
+"""The RCDM-style decoder (docs/protocols.md §4): a diffusers ``UNet2DModel`` whose timestep embedding gets a
 learned linear projection of a frozen representation added to it (``class_embed_type="identity"``); the
 sum reaches every ResBlock through scale-shift norm (``resnet_time_scale_shift="scale_shift"``)."""
 from __future__ import annotations

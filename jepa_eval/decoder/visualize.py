@@ -1,5 +1,5 @@
 """What does the predictor predict? Decode its pooled output for a target box and compare with decodes
-of the true target representation (the I-JEPA paper's Fig. 6 protocol, PROTOCOLS.md §4)."""
+of the true target representation (the I-JEPA paper's Fig. 6 protocol, docs/protocols.md §4)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -22,7 +22,7 @@ from submitit.helpers import Checkpointable
 
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..runner import (Job, checkpoint_name, extract_features, feature_entry, feature_needs, job_context,
-                      read_record, run_job, shared_needs)
+                      read_record, row_selection, run_job, shared_needs)
 
 
 @dataclass
@@ -104,7 +104,8 @@ def plan_units(jobs: list[Job], checkpoints: dict[str, Checkpoint], out: Path,
         entry = ctx.entry
         for role, pooling in feature_needs(entry):
             split, n = entry.splits[role], entry.max_samples.get(role)
-            gkey = "features/" + _digest([job.spec, job.encoder, ctx.dataset_name, entry.root, split, n, entry.seed])
+            # one unit per distinct image set: split_key also tells transforms and task row selections apart
+            gkey = "features/" + _digest([job.spec, ctx.split_key(role)])
             if (gkey, pooling) not in entry_of:
                 entry_of[gkey, pooling] = feature_entry(ctx, role, pooling)
             path = entry_of[gkey, pooling]
@@ -112,7 +113,8 @@ def plan_units(jobs: list[Job], checkpoints: dict[str, Checkpoint], out: Path,
                 continue
             unit = groups.setdefault(gkey, WorkUnit(
                 "features", gkey, f"{checkpoint_name(job.spec)} [{job.encoder}] features {ctx.dataset_name}:"
-                f"{split}" + (f" (max {n})" if n else ""), job.spec))
+                f"{split}" + (f" (max {n})" if n else "") + (" (task's rows)" if row_selection(entry, role) else ""),
+                job.spec))
             if gkey not in probe.after:
                 probe.after.append(gkey)
             if str(path) in unit.entries:

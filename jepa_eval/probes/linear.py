@@ -38,6 +38,8 @@ class LinearConfig:
     seed: int = 0
     inputs: list[str] = field(default_factory=lambda: ["raw"])   # + "whitened": the grid again on whitened features
     shrinkage: float = 1e-6           # whitening: covariance + shrinkage * (mean eigenvalue) * identity
+    nesterov: bool = False            # Nesterov momentum (VISSL's CLEVR probes)
+    lr_end_factor: float = 0.0        # cosine ends at lr * this (VISSL CLEVR: 0.01 -> 1e-4, i.e. 0.01)
 
     def validate(self) -> str | None:
         if not self.lrs or min(self.lrs) <= 0:
@@ -54,6 +56,8 @@ class LinearConfig:
             return f"inputs must be distinct values from {list(INPUTS)}"
         if not 0 < self.shrinkage < 1:
             return "shrinkage must be in (0, 1)"
+        if not 0 <= self.lr_end_factor < 1 or (self.lr_end_factor and self.schedule != "cosine"):
+            return "lr_end_factor must be in [0, 1) and needs the cosine schedule"
         return None if self.schedule in ("cosine", "step") else "schedule must be 'cosine' or 'step'"
 
     def heads(self) -> list[dict[str, float | str]]:
@@ -103,14 +107,16 @@ def grid_gradients(model: HeadGrid, x: torch.Tensor, y: torch.Tensor) -> tuple[t
 def _lr_factor(cfg: LinearConfig, progress: float) -> float:
     if cfg.schedule == "step":
         return 0.1 ** int(progress // 15)
-    return 0.5 * (1 + math.cos(math.pi * progress / cfg.epochs))
+    cosine = 0.5 * (1 + math.cos(math.pi * progress / cfg.epochs))
+    return cfg.lr_end_factor + (1 - cfg.lr_end_factor) * cosine
 
 
 def fit_grid(dim: int, n_classes: int, batches: Batches, n_fit: int, cfg: LinearConfig,
              device: torch.device | str = "cpu", state_path: Path | None = None,
              progress: Callable[[Iterable, str], Iterable] | None = None,
              on_epoch_end: Callable[[int], None] | None = None) -> HeadGrid:
-    """Train every head of the grid with SGD + momentum (per-head lr; L2 weight decay on the weights, not the biases).
+    """Train every head of the grid with SGD + momentum, optionally Nesterov's as in ``torch.optim.SGD`` (per-head
+    lr; L2 weight decay on the weights, not the biases).
     ``batches(epoch)`` yields one pass of mini-batches; after each epoch the state is saved to
     ``state_path`` so a restarted call continues from the last finished epoch."""
     device = torch.device(device)
@@ -139,8 +145,11 @@ def fit_grid(dim: int, n_classes: int, batches: Batches, n_fit: int, cfg: Linear
             with torch.no_grad():   # in place: no temporaries the size of the grid
                 buf_w.mul_(cfg.momentum).add_(grad_w.addcmul_(wd_w, model.weight))
                 buf_b.mul_(cfg.momentum).add_(grad_b)
-                model.weight.addcmul_(lr_w, buf_w, value=-factor)
-                model.bias.addcmul_(lr_b, buf_b, value=-factor)
+                step_w, step_b = buf_w, buf_b
+                if cfg.nesterov:   # step = g + momentum * buf (reusing the gradient tensors)
+                    step_w, step_b = grad_w.add_(buf_w, alpha=cfg.momentum), grad_b.add_(buf_b, alpha=cfg.momentum)
+                model.weight.addcmul_(lr_w, step_w, value=-factor)
+                model.bias.addcmul_(lr_b, step_b, value=-factor)
         if not torch.isfinite(model.weight).all(dim=(1, 3)).any():
             raise UserError("every linear head diverged (NaN); lower the learning rates")
         if state_path is not None:

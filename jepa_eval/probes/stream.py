@@ -1,5 +1,6 @@
 """Shared helpers for probes trained on memory-mapped features: seeded hold-outs, chunked streaming
-(a feature file is never read whole, so it may be larger than RAM) and atomic epoch checkpoints."""
+(a feature file is never read whole, so it may be larger than RAM), globally shuffled mini-batches and
+atomic epoch checkpoints."""
 from __future__ import annotations
 
 import os
@@ -70,17 +71,25 @@ def iter_blocks(x: np.ndarray, rows: np.ndarray, chunk: int, order: np.ndarray |
 
 def epoch_batches(x: np.ndarray, y: np.ndarray, rows: np.ndarray, batch_size: int, seed: int, epoch: int,
                   chunk: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One pass over ``rows``: chunks in a seeded random order, rows shuffled within each chunk, cut into
-    mini-batches. Deterministic given (seed, epoch), so a resumed run sees the same batches."""
+    """One pass over ``rows`` in a seeded permutation of all of them, cut into mini-batches: every batch is
+    a uniform sample of the training rows, however the file is ordered (image folders are class-sorted).
+    Rows are gathered ``chunk`` at a time (whole batches): sorted indices read from the (memory-mapped)
+    file, then put back in permutation order, so memory stays one float32 chunk. Deterministic given
+    (seed, epoch), so a resumed run sees the same batches; a final batch of one is dropped (BatchNorm)."""
     rng = np.random.default_rng([seed, epoch])
-    n_chunks = (len(x) + chunk - 1) // chunk
-    for c, sel in _chunk_rows(x, rows, chunk, rng.permutation(n_chunks)):
-        sel = sel[rng.permutation(len(sel))]     # gathered straight in shuffled order: one pass, one copy
-        feats_t = torch.from_numpy(read_rows(x, c * chunk, min(len(x), (c + 1) * chunk), sel)).to(device)
+    order = np.asarray(rows)[rng.permutation(len(rows))]
+    n = len(order) - 1 if len(order) % batch_size == 1 and len(order) > 1 else len(order)
+    block = max(1, chunk // batch_size) * batch_size
+    for start in range(0, n, block):
+        sel = order[start:min(n, start + block)]
+        back = np.argsort(sel, kind="stable")              # read in file order (pages once, forward)
+        sorted_rows = sel[back]
+        feats = read_rows(x, int(sorted_rows[0]), int(sorted_rows[-1]) + 1, sorted_rows)
+        inverse = np.empty_like(back)
+        inverse[back] = np.arange(len(back))
+        feats_t = torch.from_numpy(feats).to(device)[torch.from_numpy(inverse).to(device)]
         labels_t = torch.from_numpy(np.asarray(y[sel], dtype=np.int64)).to(device)
         for i in range(0, len(sel), batch_size):
-            if len(sel) - i < 2 and len(sel) > 1:   # a batch of one breaks BatchNorm; fold it away
-                break
             yield feats_t[i:i + batch_size], labels_t[i:i + batch_size]
 
 

@@ -14,7 +14,7 @@ from ..results import iter_records, load, now
 from . import figures as figs
 from .render import Section, to_html, to_markdown
 from .data import data_table
-from .tables import aggregate, load_published, metadata_table, pivot, published_table
+from .tables import aggregate, load_published, metadata_table, pivot, protocol_table, published_table
 
 
 @dataclass
@@ -84,11 +84,15 @@ def build_report(results: Iterable[str | os.PathLike], out: str | os.PathLike,
             "Primary metric of each task (percent for accuracies). Repeated runs of one checkpoint, encoder "
             "and task (other seeds or settings) are shown as mean ± sample std (n = count); nothing is "
             "maximised over repeats. Rows marked (published) are numbers from the paper placed under a "
-            "matching task; see the notes for how their protocol differs."]),
+            "task that follows the same protocol (see Protocols)."]),
         Section("Data", data_table(agg), text=[
             "What each task column read: dataset, splits (role: split (images used)), and for which rows it "
             "is in-domain or a transfer (the checkpoint was pretrained on other data, as its config says; "
             "unknown where a checkpoint does not say)."]),
+        Section("Protocols", protocol_table(agg, published), text=[
+            "The protocol behind each column. Published numbers are placed only under a column that follows "
+            "the same protocol: frozen and fine-tuned results never share a column, and VTAB-1k CLEVR "
+            "(1,000 training images) is never compared with the paper's full-CLEVR numbers."]),
         Section("Published reference numbers", pub, text=[f"From {published['source']}."],
                 bullets=[f"{b['title']}: {b['protocol']}" for b in published["benchmarks"].values()]
                 + list(published.get("notes", []))),

@@ -11,6 +11,7 @@ import pandas as pd
 import yaml
 
 MISSING = "—"
+PROTOCOL_FIELDS = ("protocol", "train_split", "eval_transform")   # what a column's protocol is made of
 
 
 def model_label(checkpoint: str, encoder: str) -> str:
@@ -26,7 +27,7 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     cols = ["model", "checkpoint", "encoder", "epoch", "entry", "task", "dataset", "data", "pretrain_dataset",
             "transfer", "metric", "column", "mean", "std", "n", "source"]
     if prim.empty:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=cols + list(PROTOCOL_FIELDS))
     prim = prim.assign(checkpoint=_distinct_names(prim), column=prim["entry"] + " (" + prim["metric"] + ")",
                        value=pd.to_numeric(prim["value"], errors="coerce"))
     prim = prim.assign(model=[model_label(c, e) for c, e in zip(prim["checkpoint"], prim["encoder"])])
@@ -35,11 +36,18 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
            .agg(mean=("value", "mean"), std=("value", "std"), n=("value", "size"),
                 epoch=("epoch", "first"), task=("task", "first"), data=("data", "first"),
                 pretrain_dataset=("pretrain_dataset", "first"), transfer=("transfer", "first"),
-                dataset=("dataset", lambda s: ",".join(sorted({str(v) for v in s}))))
+                dataset=("dataset", lambda s: ",".join(sorted({str(v) for v in s}))),
+                **{c: (c, _distinct) for c in PROTOCOL_FIELDS})
            .reset_index())
     agg["std"] = agg["std"].where(agg["n"] > 1)  # std of one value is undefined, not 0
     agg["source"] = "measured"
-    return agg[cols]
+    return agg[cols + list(PROTOCOL_FIELDS)]
+
+
+
+def _distinct(values: pd.Series) -> str:
+    """The distinct non-empty values, in order, joined (records older than the field give "")."""
+    return " | ".join(dict.fromkeys(str(v) for v in values if v is not None and not pd.isna(v)))
 
 
 def _distinct_names(prim: pd.DataFrame) -> pd.Series:
@@ -82,12 +90,20 @@ def load_published() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
+def matches(column: dict[str, Any], bench: dict[str, Any]) -> bool:
+    """Whether a measured column follows a published benchmark's protocol: ``match`` hits and ``exclude``
+    (other protocols: fine-tuned vs frozen, VTAB-1k vs full CLEVR) does not, on "task entry dataset split"."""
+    text = f"{column['task']} {column['entry']} {column['dataset']} {column.get('train_split') or ''}".strip()
+    if not re.search(bench["match"], text, re.IGNORECASE):
+        return False
+    return not (bench.get("exclude") and re.search(bench["exclude"], text, re.IGNORECASE))
+
+
 def published_rows(columns: list[dict[str, str]], published: dict[str, Any]) -> pd.DataFrame:
-    """Published numbers placed under the measured columns whose task/entry/dataset match a benchmark."""
+    """Published numbers placed under the measured columns that follow a benchmark's protocol."""
     rows = []
     for bench_id, bench in published["benchmarks"].items():
-        pattern = re.compile(bench["match"], re.IGNORECASE)
-        hits = [c for c in columns if pattern.search(f"{c['task']} {c['entry']} {c['dataset']}")]
+        hits = [c for c in columns if matches(c, bench)]
         for row in published["rows"]:
             if bench_id in row:
                 for col in hits:
@@ -103,7 +119,7 @@ def pivot(agg: pd.DataFrame, published: dict[str, Any] | None = None) -> tuple[p
     models, columns = order_models(agg), list(dict.fromkeys(agg["column"]))
     long = agg[["model", "column", "mean", "std", "n"]]
     if published is not None and columns:
-        info = agg.drop_duplicates("column")[["column", "task", "entry", "dataset"]].to_dict("records")
+        info = agg.drop_duplicates("column")[["column", "task", "entry", "dataset", "train_split"]].to_dict("records")
         pub = published_rows(info, published)
         models += list(dict.fromkeys(pub["model"]))
         long = pd.concat([long, pub[long.columns]], ignore_index=True) if not pub.empty else long
@@ -121,6 +137,20 @@ def published_table(published: dict[str, Any]) -> pd.DataFrame:
     data = [{"model": r["model"], **{b["title"]: (f"{r[k]:.1f}" if k in r else MISSING)
                                      for k, b in benches.items()}} for r in published["rows"]]
     return pd.DataFrame(data).set_index("model")
+
+
+def protocol_table(agg: pd.DataFrame, published: dict[str, Any]) -> pd.DataFrame:
+    """One row per measured column: its task, training split, eval transform, the protocol its battery
+    entry states, and the published benchmark it is compared with (none when no benchmark follows it)."""
+    rows = []
+    for col in agg.drop_duplicates("column").to_dict("records"):
+        benches = [b["title"] for b in published["benchmarks"].values() if matches(col, b)]
+        rows.append({"column": col["column"], "task": col["task"], "train split": col["train_split"] or MISSING,
+                     "eval transform": col["eval_transform"] or MISSING,
+                     "protocol": col["protocol"] or "(not stated by the battery entry)",
+                     "published column": ", ".join(benches) or "none (not comparable)"})
+    return pd.DataFrame(rows, columns=["column", "task", "train split", "eval transform", "protocol",
+                                       "published column"]).set_index("column")
 
 
 def _fmt_chosen(chosen: Any) -> str:

@@ -88,10 +88,13 @@ class LinearTask(Task):
         holdout_fraction: float = 0.1
         inputs: list[str] = field(default_factory=lambda: LinearConfig().inputs)   # + "whitened" (small data)
         shrinkage: float = 1e-6            # of the whitening covariance towards its mean eigenvalue
+        nesterov: bool = False
+        lr_end_factor: float = 0.0         # cosine from lr to lr * lr_end_factor
 
         def config(self, seed: int) -> LinearConfig:
             return LinearConfig(list(self.lrs), list(self.wds), list(self.norms), self.epochs, self.batch_size,
-                                self.momentum, self.schedule, seed, list(self.inputs), self.shrinkage)
+                                self.momentum, self.schedule, seed, list(self.inputs), self.shrinkage,
+                                self.nesterov, self.lr_end_factor)
 
         def validate(self) -> str | None:
             if self.recipe not in RECIPES:

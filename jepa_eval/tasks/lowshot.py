@@ -35,22 +35,37 @@ class LowShotTask(Task):
                 return "lambdas must be a non-empty list of positive numbers"
             return None if self.max_iter >= 1 else "max_iter must be >= 1"
 
+    # Only the labelled subsets' training images are encoded (the runner narrows the train split to
+    # ``select_rows`` before extraction); the test split is encoded whole.
+    selected_roles = ("train",)
+
+    @staticmethod
+    def subsets(p: "LowShotTask.Params", ds, seed: int) -> tuple[list[np.ndarray], list[str]]:
+        """(row indices of ``ds`` per subset, a name per subset): subset files or seeded k per class."""
+        y = np.asarray(ds.targets)
+        if p.subset_files:
+            names = ds.file_names()
+            subsets = [subset_from_file(os.path.expandvars(f), names, ds.classes, y) for f in p.subset_files]
+            return subsets, [os.path.basename(os.path.expandvars(f)) for f in p.subset_files]
+        return ([k_per_class_subset(y, p.k_per_class, seed * 1000 + s, ds.classes) for s in range(p.seeds)],
+                [f"seed{seed * 1000 + s}" for s in range(p.seeds)])
+
+    @classmethod
+    def select_rows(cls, params: "LowShotTask.Params", role: str, dataset, seed: int) -> np.ndarray:
+        """The union of every subset's rows: what the train split's features are extracted for."""
+        return np.unique(np.concatenate(cls.subsets(params, dataset, seed)[0]))
+
     def run(self, ctx) -> TaskResult:
         p = self.params
         best = None
+        selected = ctx.dataset("train")   # the subsets' union, over the full split (``base``)
+        subsets, sources = self.subsets(p, selected.base, ctx.seed)
+        subsets = [np.searchsorted(selected.indices, s) for s in subsets]   # rows of the extracted features
         for pooling in ctx.poolings:
             if pooling == "tokens":
                 raise UserError("low-shot needs pooled features (lastPOOL, concatPOOLn), not tokens")
             train, test = ctx.features("train", pooling), ctx.features("test", pooling)
             y = np.asarray(train.y)
-            if p.subset_files:
-                names = ctx.dataset("train").file_names()
-                subsets = [subset_from_file(os.path.expandvars(f), names, train.classes, y) for f in p.subset_files]
-                sources = [os.path.basename(os.path.expandvars(f)) for f in p.subset_files]
-            else:
-                subsets = [k_per_class_subset(y, p.k_per_class, ctx.seed * 1000 + s, train.classes)
-                           for s in range(p.seeds)]
-                sources = [f"seed{ctx.seed * 1000 + s}" for s in range(p.seeds)]
             res = lowshot_eval(train.x, y, test.x, test.y, subsets, p.lambdas, p.n_folds, ctx.seed,
                                max(len(train.classes), int(y.max()) + 1), ctx.device, p.max_iter)
             cv = float(np.mean([s["cv_top1"] for s in res.per_seed]))
@@ -63,5 +78,6 @@ class LowShotTask(Task):
                           selected_on=f"cv-in-subset-{p.n_folds}fold",
                           details={"pooling": pooling, "per_seed": per_seed, "cv_grid": res.cv_grid,
                                    "lambdas": sorted(p.lambdas, reverse=True), "mean_cv_top1": cv,
-                                   "n_test": n_test, "std": "sample (ddof=1) over seeds/subsets",
+                                   "n_test": n_test, "n_train_encoded": len(selected),
+                                   "std": "sample (ddof=1) over seeds/subsets",
                                    "torch_threads": res.threads})
