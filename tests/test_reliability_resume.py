@@ -124,7 +124,8 @@ def test_kill_during_pretraining_resumes_bit_exact(tmp_path, capsys):
         wait_for(latest.exists, proc, what="the first checkpoint")
         wait_for(lambda: block_writes_to(Path(f"{latest}.tmp")), proc, what="the FIFO")
         # the process now trains epoch 2 and stops inside the next checkpoint write: kill it there
-        wait_for(lambda: len(log_rows(run)) >= 8, proc, what="step 8")
+        # training rows only: the monitors' step-0 row has no loss
+        wait_for(lambda: len([r for r in log_rows(run) if r["loss"]]) >= 8, proc, what="step 8")
     finally:
         kill9(proc)
     state = torch.load(latest, map_location="cpu", weights_only=True)
