@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jepa_eval.analysis import rankme
+from jepa_eval.errors import UserError
 from jepa_eval.models import gather_tokens
 
 MONITOR_COLUMNS = ["rankme", "feat_std", "input_dep", "pred_std_ratio", "knn"]
@@ -135,7 +136,7 @@ class TrainingMonitor:
         if cfg.knn:
             targets = getattr(base, "targets", None)
             if targets is None:
-                raise ValueError("monitor.knn needs a labelled dataset")
+                raise UserError("monitor.knn (--monitor-knn) needs a labelled dataset")
             self.labels = np.asarray(targets)[order[:n_images]]
             self.bank = load(order[n_images:])
             self.bank_labels = np.asarray(targets)[order[n_images:]]
