@@ -137,3 +137,15 @@ def test_single_block_kind_and_validation() -> None:
                        ({"kind": "random", "nenc": 2}, "nenc 1")):
         with pytest.raises(UserError, match=match):
             load_config("tiny-fashion-mnist", mask=bad)
+
+
+def test_ablation_variants_share_the_step_budget() -> None:
+    from benchmarks.mask_ablation import variant_config
+    from pretrain.data import build_dataset
+    for kind, steps in (("multiblock", 7), ("random", 30), ("single_block", 45)):
+        cfg = variant_config("tiny-digits", kind, steps, 0.6)
+        ipe = len(build_dataset(cfg.data, seed=cfg.meta.seed)) // cfg.data.batch_size
+        o = cfg.optimization
+        assert int(o.ipe_scale * o.epochs * ipe) == steps and o.epochs * ipe >= steps  # schedules end at `steps`
+        assert cfg.mask.kind == kind and cfg.mask.npred == (1 if kind == "single_block" else 2)
+    assert variant_config("tiny-digits", "single_block", 7, 0.6).mask.pred_mask_scale == (0.6, 0.6)
