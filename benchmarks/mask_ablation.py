@@ -80,7 +80,8 @@ def report(r: dict) -> None:
     print("| masks | k-NN top-1 | linear top-1 | linear C | final loss | train s |")
     print("|---|---|---|---|---|---|")
     for kind, v in r["variants"].items():
-        print(f"| {kind} | {v['knn']:.1f} | {v['linear']:.1f} | {v['C']:g} | {v['loss']:.4f} | {v['train_seconds']:.0f} |")
+        print(f"| {kind} | {v['knn']:.1f} | {v['linear']:.1f} | {v['C']:g} | {v['loss']:.4f} "
+              f"| {v['train_seconds']:.0f} |")
     for name, key in (("random init", "random_init"), ("raw pixels", "raw_pixels")):
         if key in r:
             print(f"| ({name}) | {r[key]['knn']:.1f} | {r[key]['linear']:.1f} | {r[key]['C']:g} | | |")

@@ -173,7 +173,8 @@ def run(args: argparse.Namespace) -> dict:
 def table(r: dict) -> str:
     """The probe table as the asset README shows it (Markdown)."""
     f = r["final"]
-    rows = [(f"target encoder (EMA), step {f['step']}", f["target"]), (f"context encoder, step {f['step']}", f["context"])]
+    rows = [(f"target encoder (EMA), step {f['step']}", f["target"]),
+            (f"context encoder, step {f['step']}", f["context"])]
     rows += [(n, r[k]) for n, k in (("same architecture, random init", "random_init"), ("raw pixels", "raw_pixels"))
              if k in r]
     lines = ["| representation | k-NN top-1 | linear top-1 | linear C |", "|---|---|---|---|"]
