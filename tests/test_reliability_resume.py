@@ -147,8 +147,9 @@ def test_kill_during_pretraining_resumes_bit_exact(tmp_path, capsys):
         assert torch.equal(a["opt"]["state"][pid]["exp_avg_sq"], s["exp_avg_sq"])
     assert a["jepa_eval"] == b["jepa_eval"] and a["epoch"] == b["epoch"] == 4
     rows, ref_rows = log_rows(run), log_rows(tmp_path / "ref")
-    assert [int(r["step"]) for r in rows] == list(range(1, 17))
+    assert [int(r["step"]) for r in rows] == list(range(0, 17))  # step 0: the monitors' reference row
     assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]
+    assert [r["rankme"] for r in rows] == [r["rankme"] for r in ref_rows]
     assert not no_temp_files(run)
 
 
