@@ -13,6 +13,7 @@ from jepa_eval.errors import UserError, did_you_mean
 from jepa_eval.models import VARIANTS
 
 from .masks import MaskConfig
+from .monitors import MonitorConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -73,6 +74,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optimization: OptimConfig = field(default_factory=OptimConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def resolve(self) -> "Config":
         """Fill width/depth/heads/mlp_ratio from the variant and check what would fail later."""
@@ -91,6 +93,9 @@ class Config:
             raise UserError(f"img_size {self.data.img_size} is not divisible by patch_size {m.patch_size}")
         if self.optimization.epochs < 1 or self.data.batch_size < 1:
             raise UserError("epochs and batch_size must be positive")
+        for problem in (self.mask.validate(), self.monitor.validate()):
+            if problem:
+                raise UserError(problem)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,7 +129,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
 
 
 SECTIONS = {"data": DataConfig, "mask": MaskConfig, "model": ModelConfig,
-            "optimization": OptimConfig, "meta": MetaConfig}
+            "optimization": OptimConfig, "meta": MetaConfig, "monitor": MonitorConfig}
 
 
 def available_configs() -> list[str]:

@@ -2,7 +2,13 @@
 
 Block *sizes* are drawn once per batch, block *positions* per image; the context block excludes every
 target block; all masks of a batch are cut to the shortest so they stack into [B, K] index tensors.
-The sampler's only state is its step counter, so resuming restores it exactly."""
+The sampler's only state is its step counter, so resuming restores it exactly.
+
+``MaskConfig.kind`` selects the masking of the ablation (benchmarks/mask_ablation.py):
+``multiblock`` (the release), ``single_block`` (one target block, ``npred: 1``, with the context block
+outside it: the same code path) and ``random`` (scattered patches: every batch first draws the
+multi-block masks, then replaces them per image by random patches with the same shapes; the context
+keeps exactly as many tokens, each target as many, and no target patch is in the context)."""
 from __future__ import annotations
 
 import math
@@ -21,6 +27,19 @@ class MaskConfig:
     npred: int = 4
     min_keep: int = 10
     allow_overlap: bool = False
+    kind: str = "multiblock"           # multiblock | random | single_block (the masking ablation)
+
+    def validate(self) -> str | None:
+        if self.kind not in MASK_KINDS:
+            return f"mask.kind must be one of {', '.join(MASK_KINDS)}, got '{self.kind}'"
+        if self.kind == "single_block" and self.npred != 1:
+            return f"mask.kind single_block predicts one target block: set mask.npred to 1 (got {self.npred})"
+        if self.kind == "random" and (self.nenc != 1 or self.allow_overlap):
+            return "mask.kind random needs mask.nenc 1 and allow_overlap false"
+        return None
+
+
+MASK_KINDS = ("multiblock", "random", "single_block")
 
 
 class MultiBlockMaskCollator:
@@ -96,7 +115,29 @@ class MultiBlockMaskCollator:
             contexts = [self._block(g, enc_size, allowed)[0] for _ in range(cfg.nenc)]
             pred.append(targets)
             enc.append(contexts)
-        return self._stack(enc), self._stack(pred)
+        masks_enc, masks_pred = self._stack(enc), self._stack(pred)
+        if cfg.kind == "random":
+            return self._random_like(g, masks_enc, masks_pred)
+        return masks_enc, masks_pred
+
+    def _random_like(self, g: torch.Generator, masks_enc: list[torch.Tensor],
+                     masks_pred: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Random patches with the shapes of the multi-block masks: per image, a random context of
+        K_ctx patches, and each target K_tgt random patches of the rest (targets may share patches with
+        one another, like overlapping blocks, never with the context)."""
+        n = self.height * self.width
+        batch, k_ctx = masks_enc[0].shape
+        k_tgt = masks_pred[0].size(1)
+        if k_ctx + k_tgt > n:
+            raise RuntimeError(f"random masks: {k_ctx} context + {k_tgt} target patches exceed the {n}-patch grid")
+        enc, pred = [], [[] for _ in masks_pred]
+        for _ in range(batch):
+            perm = torch.randperm(n, generator=g)
+            enc.append(perm[:k_ctx].sort().values)
+            rest = perm[k_ctx:]
+            for targets in pred:
+                targets.append(rest[torch.randperm(len(rest), generator=g)[:k_tgt]].sort().values)
+        return [torch.stack(enc)], [torch.stack(t) for t in pred]
 
     @staticmethod
     def _stack(per_image: list[list[torch.Tensor]]) -> list[torch.Tensor]:

@@ -26,8 +26,11 @@ from . import checkpointing as ckpt
 from .config import Config, load_config
 from .data import EpochSampler, build_dataset, build_loader
 from .masks import MultiBlockMaskCollator
+from .monitors import MONITOR_COLUMNS, TrainingMonitor, warn
 
-LOG_COLUMNS = ["epoch", "step", "loss", "ctx_keep", "tgt_keep", "lr", "wd", "momentum", "step_time"]
+# rows of monitor-only measurements (step 0) leave the training columns empty, and vice versa
+LOG_COLUMNS = ["epoch", "step", "loss", "ctx_keep", "tgt_keep", "lr", "wd", "momentum", "step_time",
+               *MONITOR_COLUMNS]
 
 
 # ---------------------------------------------------------------- models and optimizer
@@ -131,7 +134,7 @@ def _mean_over_ranks(x: torch.Tensor, world: int) -> float:
 
 
 # ---------------------------------------------------------------- the loop
-def _open_log(out: Path, resume_step: int) -> tuple[Any, Any]:
+def _open_log(out: Path, resume_step: int) -> tuple[Any, Any, list[dict]]:
     """CSV log; on resume, rows after the resumed step (work lost with the kill) are dropped."""
     path = out / "train-log.csv"
     rows = []
@@ -139,10 +142,14 @@ def _open_log(out: Path, resume_step: int) -> tuple[Any, Any]:
         with open(path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
     f = open(path, "w", newline="")
-    writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
+    writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    return f, writer
+    return f, writer, rows
+
+
+def _monitor_cells(values: dict[str, float]) -> dict[str, str]:
+    return {k: f"{v:.6g}" for k, v in values.items()}
 
 
 def main(config: Config | str | Path, out: str | Path, epochs: int | None = None, max_steps: int | None = None,
@@ -198,7 +205,15 @@ def main(config: Config | str | Path, out: str | Path, epochs: int | None = None
     if rank == 0:
         ckpt.write_config(out, cfg)
     stop = min(total, max_steps) if max_steps else total
-    log_file, log = _open_log(out, step) if rank == 0 else (None, None)
+    log_file, log, kept_rows = _open_log(out, step) if rank == 0 else (None, None, [])
+    monitor = None
+    if rank == 0 and cfg.monitor.every > 0:
+        monitor = TrainingMonitor(cfg.monitor, ds, cfg.data.img_size, cfg.model.patch_size, cfg.mask, device)
+        first = next((r for r in kept_rows if r.get("rankme")), None)  # a resumed run's step-0 reference
+        if first is not None:
+            monitor.reference = {k: float(first[k]) for k in MONITOR_COLUMNS if first.get(k)}
+    shown: dict[str, str] = {}
+    monitor_clock = [0.0]
     bar = tqdm(total=stop, initial=step, desc=f"pretrain {cfg.name}", disable=not progress or rank != 0,
                dynamic_ncols=True)
     save_args = dict(batch_size=cfg.data.batch_size, world_size=world)
@@ -210,8 +225,23 @@ def main(config: Config | str | Path, out: str | Path, epochs: int | None = None
                                  scaler=scaler, epoch=epoch, loss=loss_value, lr=lr, step=step,
                                  mask_state=masks.state_dict(), **save_args)
 
+    def run_monitors() -> dict[str, str]:
+        t0 = time.perf_counter()
+        values = monitor.measure(encoder, predictor, target)
+        monitor_clock[0] += time.perf_counter() - t0
+        line = monitor.check(step, values)
+        if line:
+            bar.clear()
+            warn(line)
+        shown.update(rankme=f"{values['rankme']:.1f}", dep=f"{values['input_dep']:.2f}",
+                     **({"knn": f"{values['knn']:.1f}"} if "knn" in values else {}))
+        return _monitor_cells(values)
+
     lr = schedules(cfg, step, total, warmup)[0]
     try:
+        if monitor is not None and step == 0 and stop > 0:
+            log.writerow(dict(epoch=0, step=0, **run_monitors()))  # the step-0 reference
+            log_file.flush()
         for epoch in range(step // ipe, o.epochs):
             if step >= stop:
                 break
@@ -248,15 +278,16 @@ def main(config: Config | str | Path, out: str | Path, epochs: int | None = None
                     raise UserError(f"loss became {loss_value} at step {step}; lower optimization.lr "
                                     f"or lengthen optimization.warmup")
                 step, steps_run = step + 1, steps_run + 1
-                dt = time.perf_counter() - t0
+                dt = time.perf_counter() - t0  # the step alone: monitor time is not in step_time
+                cells = run_monitors() if monitor is not None and monitor.due(step) else {}
                 if log is not None:
                     log.writerow(dict(epoch=epoch, step=step, loss=f"{loss_value:.6f}",
                                       ctx_keep=masks_enc[0].size(1), tgt_keep=masks_pred[0].size(1),
                                       lr=f"{lr:.6g}", wd=f"{wd:.6g}", momentum=f"{momentum:.6f}",
-                                      step_time=f"{dt:.4f}"))
+                                      step_time=f"{dt:.4f}", **cells))
                     log_file.flush()
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", **shown)
                 if on_step is not None and rank == 0:
                     on_step(step, {"encoder": encoder, "predictor": predictor, "target_encoder": target})
                 if step >= stop:
@@ -271,4 +302,5 @@ def main(config: Config | str | Path, out: str | Path, epochs: int | None = None
             log_file.close()
     elapsed = time.perf_counter() - t_start
     return {"out": str(out), "checkpoint": str(latest), "step": step, "total_steps": total, "loss": loss_value,
-            "seconds": elapsed, "steps_per_s": steps_run / max(elapsed, 1e-9)}
+            "seconds": elapsed, "steps_per_s": steps_run / max(elapsed, 1e-9),
+            "monitor_seconds": monitor_clock[0]}

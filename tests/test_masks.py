@@ -99,3 +99,53 @@ def test_determinism_from_state() -> None:
 def test_min_keep_larger_than_grid_is_refused() -> None:
     with pytest.raises(ValueError, match="min_keep"):
         MultiBlockMaskCollator(16, 8, MaskConfig(min_keep=10))
+
+
+# ---------------------------------------------------------------- mask kinds of the ablation
+def test_random_kind_keeps_the_multiblock_shapes_and_disjointness() -> None:
+    cfg = MaskConfig(min_keep=4)
+    block = MultiBlockMaskCollator(28, 4, cfg, seed=5)
+    rand = MultiBlockMaskCollator(28, 4, MaskConfig(min_keep=4, kind="random"), seed=5)
+    scattered = 0
+    for _ in range(5):
+        (benc, bpred), (renc, rpred) = block.sample(8), rand.sample(8)
+        assert [m.shape for m in renc] == [m.shape for m in benc]   # same number of context tokens
+        assert [m.shape for m in rpred] == [m.shape for m in bpred]  # same target sizes
+        for b in range(8):
+            context = renc[0][b].tolist()
+            assert len(set(context)) == len(context) and min(context) >= 0 and max(context) < 49
+            for m in rpred:
+                target = m[b].tolist()
+                assert len(set(target)) == len(target) and not set(target) & set(context)
+                rows, cols = m[b] // 7, m[b] % 7
+                area = int((rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1))
+                scattered += area > len(target)  # not a filled rectangle
+    assert scattered > 100  # scattered patches, not blocks (a block fills its bounding box)
+
+
+def test_single_block_kind_and_validation() -> None:
+    from jepa_eval.errors import UserError
+    from pretrain.config import load_config
+    col = MultiBlockMaskCollator(28, 4, MaskConfig(min_keep=4, kind="single_block", npred=1,
+                                                   pred_mask_scale=(0.6, 0.6)), seed=2)
+    enc, pred = col.sample(6)
+    assert len(pred) == 1 and pred[0].shape[1] >= 20  # one large block (>= 40 % of 49 patches)
+    for b in range(6):
+        assert not set(enc[0][b].tolist()) & set(pred[0][b].tolist())
+    for bad, match in (({"kind": "blocks"}, "mask.kind must be one of"),
+                       ({"kind": "single_block"}, "npred to 1"),
+                       ({"kind": "random", "nenc": 2}, "nenc 1")):
+        with pytest.raises(UserError, match=match):
+            load_config("tiny-fashion-mnist", mask=bad)
+
+
+def test_ablation_variants_share_the_step_budget() -> None:
+    from benchmarks.mask_ablation import variant_config
+    from pretrain.data import build_dataset
+    for kind, steps in (("multiblock", 7), ("random", 30), ("single_block", 45)):
+        cfg = variant_config("tiny-digits", kind, steps, 0.6)
+        ipe = len(build_dataset(cfg.data, seed=cfg.meta.seed)) // cfg.data.batch_size
+        o = cfg.optimization
+        assert int(o.ipe_scale * o.epochs * ipe) == steps and o.epochs * ipe >= steps  # schedules end at `steps`
+        assert cfg.mask.kind == kind and cfg.mask.npred == (1 if kind == "single_block" else 2)
+    assert variant_config("tiny-digits", "single_block", 7, 0.6).mask.pred_mask_scale == (0.6, 0.6)

@@ -58,6 +58,9 @@ def test_csv_log(full_run) -> None:
     with open(out / "train-log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == LOG_COLUMNS
+    # monitors are on by default: a step-0 row holds their reference values and no training columns
+    assert rows[0]["step"] == "0" and rows[0]["loss"] == "" and float(rows[0]["rankme"]) > 1
+    rows = rows[1:]
     assert [int(r["step"]) for r in rows] == list(range(1, 9))
     assert [int(r["epoch"]) for r in rows] == [0] * 4 + [1] * 4
     assert all(math.isfinite(float(r["loss"])) and float(r["step_time"]) > 0 for r in rows)

@@ -124,7 +124,8 @@ def test_kill_during_pretraining_resumes_bit_exact(tmp_path, capsys):
         wait_for(latest.exists, proc, what="the first checkpoint")
         wait_for(lambda: block_writes_to(Path(f"{latest}.tmp")), proc, what="the FIFO")
         # the process now trains epoch 2 and stops inside the next checkpoint write: kill it there
-        wait_for(lambda: len(log_rows(run)) >= 8, proc, what="step 8")
+        # training rows only: the monitors' step-0 row has no loss
+        wait_for(lambda: len([r for r in log_rows(run) if r["loss"]]) >= 8, proc, what="step 8")
     finally:
         kill9(proc)
     state = torch.load(latest, map_location="cpu", weights_only=True)
@@ -146,8 +147,9 @@ def test_kill_during_pretraining_resumes_bit_exact(tmp_path, capsys):
         assert torch.equal(a["opt"]["state"][pid]["exp_avg_sq"], s["exp_avg_sq"])
     assert a["jepa_eval"] == b["jepa_eval"] and a["epoch"] == b["epoch"] == 4
     rows, ref_rows = log_rows(run), log_rows(tmp_path / "ref")
-    assert [int(r["step"]) for r in rows] == list(range(1, 17))
+    assert [int(r["step"]) for r in rows] == list(range(0, 17))  # step 0: the monitors' reference row
     assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]
+    assert [r["rankme"] for r in rows] == [r["rankme"] for r in ref_rows]
     assert not no_temp_files(run)
 
 

@@ -16,6 +16,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None, help="dataset name (overrides data.dataset, e.g. fashion-mnist-sample)")
     p.add_argument("--root", default=None, help="dataset folder (overrides data.root)")
     p.add_argument("--seed", type=int, default=None, help="override meta.seed")
+    p.add_argument("--monitor-every", type=int, default=None, metavar="N",
+                   help="measure the training monitors (RankMe, feature std, input dependence, predictor "
+                        "spread) every N steps on a fixed held batch; 0 = off (overrides monitor.every)")
+    p.add_argument("--monitor-knn", action="store_true",
+                   help="also measure online k-NN top-1 at each monitor step (labelled datasets)")
     p.add_argument("--launcher", choices=["inprocess", "local", "slurm"], default="inprocess",
                    help="inprocess (default; use torchrun for several GPUs), local (submitit on this machine) "
                         "or slurm (DDP job, requeued and resumed from jepa-latest.pth.tar on preemption)")
@@ -41,6 +46,11 @@ def run(args: argparse.Namespace) -> int:
     for name, value in (("--epochs", args.epochs), ("--max-steps", args.max_steps)):
         if value is not None and value < 1:
             raise UserError(f"{name} must be positive, got {value}")
+    if args.monitor_every is not None and args.monitor_every < 0:
+        raise UserError(f"--monitor-every must be 0 (off) or positive, got {args.monitor_every}")
+    monitor = {k: v for k, v in (("every", args.monitor_every), ("knn", args.monitor_knn or None)) if v is not None}
+    if monitor:
+        overrides["monitor"] = monitor
     cfg = load_config(args.config, **overrides)  # validates the config before anything is submitted
     if args.launcher != "inprocess":
         import yaml

@@ -15,6 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--title", default="jepa-eval report", help="report title")
     p.add_argument("--figure", action="append", default=[], metavar="PNG[=CAPTION]",
                    help="embed an extra figure (e.g. from `jepa-eval decoder visualize`); repeatable")
+    p.add_argument("--run", action="append", default=[], metavar="RUN_DIR",
+                   help="a pretraining run folder (with train-log.csv): draw its loss and monitor curves "
+                        "against step; repeatable")
     p.add_argument("--check", action="store_true",
                    help="open the HTML in headless Chromium, fail on console errors or broken figures, "
                         "and save OUT/screenshot.png")
@@ -23,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..report import build_report
     extra = [tuple(f.split("=", 1)) if "=" in f else (f, "") for f in args.figure]
-    paths = build_report(args.results, args.out, title=args.title, extra_figures=extra)
+    paths = build_report(args.results, args.out, title=args.title, extra_figures=extra, runs=args.run)
     print(f"report: {paths.html}\n        {paths.markdown}\n        {paths.csv} ({len(paths.figures)} figures)")
     if args.check:
         from ..report.browser import check_page

@@ -49,10 +49,13 @@ def _remove_stale_temp_files(folders: Iterable[Path]) -> None:
 
 def build_report(results: Iterable[str | os.PathLike], out: str | os.PathLike,
                  title: str = "jepa-eval report",
-                 extra_figures: Iterable[tuple[str | os.PathLike, str]] = ()) -> ReportPaths:
+                 extra_figures: Iterable[tuple[str | os.PathLike, str]] = (),
+                 runs: Iterable[str | os.PathLike] = ()) -> ReportPaths:
     """``extra_figures``: (PNG path, caption) pairs embedded after the generated figures, e.g. the
-    predictor visualization of `jepa-eval decoder visualize`."""
+    predictor visualization of `jepa-eval decoder visualize`. ``runs``: pretraining run folders
+    (``jepa-eval pretrain --out``) whose train-log.csv curves are drawn beside the probe results."""
     dirs = [Path(d) for d in results]
+    run_logs = [(Path(r).resolve().name, figs.read_training_log(Path(r))) for r in runs]  # checked first
     df = load(dirs)
     records = [rec for _, rec in iter_records(dirs)]
     if df.empty:
@@ -66,7 +69,7 @@ def build_report(results: Iterable[str | os.PathLike], out: str | os.PathLike,
     display.index.name = "checkpoint [encoder]"
     pub = published_table(published)
     meta = metadata_table(records).set_index("checkpoint")
-    fig_list = figs.all_figures(agg, records)
+    fig_list = figs.all_figures(agg, records) + figs.training_curves(run_logs)
     for path, caption in extra_figures:
         path = Path(path)
         if not path.is_file() or path.read_bytes()[:8] != b"\x89PNG\r\n\x1a\n":
@@ -79,6 +82,10 @@ def build_report(results: Iterable[str | os.PathLike], out: str | os.PathLike,
     intro = [f"{len(records)} records from {', '.join(str(d) for d in dirs)}; generated {now()}.",
              f"{agg['model'].nunique()} checkpoint/encoder rows x {agg['column'].nunique()} tasks; "
              f"{n_missing} cells without a result are shown as —; {repeats} cells aggregate repeats."]
+    if run_logs:
+        intro.append("Pretraining runs: " + "; ".join(
+            f"{name} ({int(log['step'].max())} steps, final loss {log['loss'].dropna().iloc[-1]:.4f})"
+            for name, log in run_logs) + " — curves under Figures.")
     sections = [
         Section("Results", display, text=[
             "Primary metric of each task (percent for accuracies). Repeated runs of one checkpoint, encoder "

@@ -8,6 +8,7 @@ import io
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -148,6 +149,60 @@ def cka(records: list[dict[str, Any]]) -> list[ReportFigure]:
     return [ReportFigure("cka", "Linear CKA",
                          "Linear CKA of mean-pooled block outputs on the same images (1 = same up to rotation "
                          f"and scale){more}.", _png(fig))]
+
+
+# train-log.csv columns drawn against step, in panel order (pretrain/monitors.py defines the monitors)
+TRAINING_CURVES = {"loss": "JEPA loss (smooth L1)", "rankme": "RankMe of pooled target features",
+                   "feat_std": "std of pooled target features", "input_dep": "input dependence of target tokens",
+                   "pred_std_ratio": "predictor std / target std", "knn": "online k-NN top-1 (%)"}
+
+
+def read_training_log(run_dir: Path) -> pd.DataFrame:
+    """A pretraining run folder's train-log.csv (``jepa-eval pretrain``), checked."""
+    from ..errors import UserError
+    path = Path(run_dir) / "train-log.csv"
+    if not path.is_file():
+        raise UserError(f"--run {run_dir}: no train-log.csv there (not a `jepa-eval pretrain` run folder)")
+    try:
+        log = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise UserError(f"--run {run_dir}: unreadable train-log.csv ({str(e).splitlines()[0]})") from None
+    if not {"step", "loss"} <= set(log.columns) or log["loss"].dropna().empty:
+        raise UserError(f"--run {run_dir}: train-log.csv has no step/loss rows")
+    return log
+
+
+def curve_columns(runs: list[tuple[str, pd.DataFrame]]) -> list[str]:
+    """The train-log columns that hold values in at least one run, in panel order."""
+    return [c for c in TRAINING_CURVES if any(c in log and log[c].notna().any() for _, log in runs)]
+
+
+def training_curves(runs: list[tuple[str, pd.DataFrame]]) -> list[ReportFigure]:
+    """Loss and every monitor against step, one panel per column, one line per run."""
+    columns = curve_columns(runs)
+    if not columns:
+        return []
+    fig, axes = _grid(len(columns))
+    for ax, col in zip(axes, columns):
+        for name, log in runs:
+            if col not in log:
+                continue
+            line = log[["step", col]].dropna()
+            if col == "loss" and len(line) > 200:  # every step is logged: a running mean reads better
+                ax.plot(line["step"], line[col], color="0.8", linewidth=0.5)
+                line = line.assign(**{col: line[col].rolling(max(len(line) // 100, 2), min_periods=1).mean()})
+            ax.plot(line["step"], line[col], marker="o" if len(line) < 40 else None, markersize=3,
+                    label=_short(name, 30))
+        ax.set_xlabel("training step")
+        ax.set_title(TRAINING_CURVES[col], fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    monitored = [c for c in columns if c != "loss"]
+    caption = ("From each run's train-log.csv. " + (
+        "Monitors are measured every monitor.every steps on a fixed held batch (pretrain/README.md): RankMe or "
+        "input dependence falling toward 0 signals collapse." if monitored else
+        "The run logged no monitors (train with --monitor-every N to add them)."))
+    return [ReportFigure("training_curves", "Pretraining curves", caption, _png(fig))]
 
 
 def all_figures(agg: pd.DataFrame, records: list[dict[str, Any]]) -> list[ReportFigure]:
