@@ -56,8 +56,11 @@ def test_ijepa_paper_battery_end_to_end(tmp_path, monkeypatch, capsys):
     assert main(["run", "--checkpoint", SPEC, "--battery", "ijepa-paper", "--out", str(out),
                  "--cache", str(tmp_path / "cache"), "--no-progress"]) == 0
     records = {r["entry"]: r for r in (json.loads(p.read_text()) for p in (out / "records").rglob("*.json"))}
-    assert set(records) == {"in1k-linear", "in1k-1pct", "clevr-count", "clevr-dist", "in1k-knn"}
+    assert set(records) == {"in1k-linear", "in1k-1pct", "in1k-1pct-finetune", "clevr-count", "clevr-dist",
+                            "in1k-knn"}   # the transfer entries are optional: skipped without their data
     assert all(r["protocol"] for r in records.values())
+    finetuned = records.pop("in1k-1pct-finetune")   # trains on images: its transforms are its own
+    assert finetuned["task"] == "finetune" and finetuned["primary_metric"] == "top1"
     crop, square = "resize18-centercrop16-bicubic-imagenetnorm", "resize16-bicubic-imagenetnorm"
     assert {e: r["eval_transform"] for e, r in records.items()} == {
         "in1k-linear": crop, "in1k-1pct": crop, "in1k-knn": crop, "clevr-count": square, "clevr-dist": square}

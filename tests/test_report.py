@@ -175,7 +175,8 @@ def test_html_renders_in_chromium(results, tmp_path, chromium):
     page = check_page(paths.html, screenshot=shot, chromium=chromium)
     assert page.title == "Browser check"
     assert page.errors == [] and page.requests == []  # no console errors, nothing fetched from outside
-    assert [t["cols"] for t in page.tables] == [5, 7, 8, 9]  # results, data, published (7 benchmarks), checkpoints
+    # results, data, protocols, published (8 benchmarks), checkpoints
+    assert [t["cols"] for t in page.tables] == [5, 7, 6, 9, 9]
     assert page.tables[0]["rows"] == 4 + 7 and all(t["height"] > 50 for t in page.tables)
     assert page.tables[0]["missing"] > 0
     assert len(page.images) == 4
