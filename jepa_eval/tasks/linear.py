@@ -49,6 +49,7 @@ def augmented_batches(ctx, pooling: str, batch_size: int, seed: int) -> Callable
 @register_task("linear")
 class LinearTask(Task):
     poolings = ("lastPOOL", "concatPOOL4")
+    classification = True
 
     @dataclass
     class Params:
