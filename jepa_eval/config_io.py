@@ -151,9 +151,12 @@ def from_dict(cls: type, values: Any, where: str, prefix: str = "", skip: Iterab
     for key, value in values.items():
         hint = hints[key]
         if not type_ok(value, hint):
-            raise UserError(f"{where}: '{prefix}{key}' must be {type_name(hint)}, got {value!r}")
+            raise UserError(f"{where}: {what} '{prefix}{key}' must be {type_name(hint)}, got {value!r}")
         kwargs[key] = _convert(value, hint, f"{prefix}{key}", where)
-    obj = cls(**kwargs)
+    try:
+        obj = cls(**kwargs)
+    except UserError as e:   # a check in __post_init__: give it the file and the section
+        raise UserError(f"{where}: {prefix.rstrip('.') + ': ' if prefix else ''}{e}") from None
     problem = obj.validate() if hasattr(obj, "validate") else None
     if problem:
         raise UserError(f"{where}: {prefix.rstrip('.') + ': ' if prefix else ''}{problem}")

@@ -251,7 +251,7 @@ CASES = [
          r"unknown task 'knm' \(did you mean 'knn'\?\)", "battery validated before anything runs"),
     Case("battery-wrongly-typed-parameter",
          lambda d: bad_battery(d, "tasks:\n  - task: knn\n    dataset: digits\n    params: {temperature: warm}\n"),
-         r"parameter 'temperature' of task 'knn' must be float, got 'warm'",
+         r"task 'knn': parameter 'temperature' must be a number, got 'warm'",
          "battery type-checked before anything runs"),
     Case("unwritable-output-folder", unwritable_out, r"output folder .* is not writable",
          "checked by a test write before any work"),
