@@ -99,9 +99,10 @@ def type_name(hint: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
     if typing.get_origin(hint) in (list, tuple):
         args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        if typing.get_origin(hint) is tuple and args and len(typing.get_args(hint)) == len(args) and len(args) > 1:
-            return f"a list of {len(args)} {type_name(args[0])}s"
-        return f"a list of {type_name(args[0]) if args else 'values'}"
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
+        fixed = typing.get_origin(hint) is tuple and args and len(typing.get_args(hint)) == len(args)
+        inner = plural.get(args[0], "values") if args else "values"
+        return f"a list of {len(args)} {inner}" if fixed else f"a list of {inner}"
     if dataclasses.is_dataclass(hint):
         return "a mapping"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(

@@ -65,7 +65,9 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _fashion_dirs(root: str | None) -> list[Path]:
-    dirs = [Path(root)] if root else []
+    if root:  # a root the user gave is the only place looked in: never silently another copy
+        return [Path(root)]
+    dirs = []
     if os.environ.get("JEPA_EVAL_DATA"):
         dirs.append(Path(os.environ["JEPA_EVAL_DATA"]) / "fashion-mnist")
     dirs.append(Path("/usr/share/datasets/fashion-mnist"))
