@@ -145,7 +145,7 @@ def test_feature_cache_on_a_really_full_disk(tmp_path):
                 "--no-progress"]
         proc = cli_subprocess(argv)
         assert_clean_failure(proc.returncode, proc.stderr, tmp_path / "out",
-                             r"could not write .*: No space left on device \(\d+ (B|kB) free there\)")
+                             r"could not write .*: No space left on device \([\d.]+ (B|kB) free there\)")
     finally:
         subprocess.run(["umount", str(cache)], check=False)
 
