@@ -315,8 +315,8 @@ CASES = [
          "battery type-checked before anything runs"),
     Case("unwritable-output-folder", unwritable_out, r"output folder .* is not writable",
          "checked by a test write before any work"),
-    Case("write-error-mid-record", record_write_error, r"could not write the record .*: File too large; nothing "
-         r"was recorded", "the half-written temporary file is removed; no record, the job reruns next time",
+    Case("write-error-mid-record", record_write_error, r"could not write the record .*: File too large \([\d.]+ [kMGT]?B free "
+         r"there\); nothing was recorded", "the half-written temporary file is removed; no record, the job reruns next time",
          subprocess=True, preexec=small_file_limit),
     # ---- issue 19: every value a user types is checked before any work (one validation path)
     Case("imagefolder-split-with-class-not-in-train", lambda d: colour_battery(d, ("ant", "bee"), ("ant", "cicada")),
