@@ -109,16 +109,16 @@ def type_name(hint: Any) -> str:
         hint, getattr(hint, "__name__", str(hint)))
 
 
-def _convert(value: Any, hint: Any, key: str, where: str) -> Any:
+def _convert(value: Any, hint: Any, key: str, where: str, what: str = "key") -> Any:
     """YAML lists -> tuples for tuple fields, ints -> floats for float fields, mappings -> nested dataclasses."""
     if _is_union(hint):
         for h in typing.get_args(hint):
             if type_ok(value, h):
-                return _convert(value, h, key, where)
+                return _convert(value, h, key, where, what)
         return value
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint) and (value is None or isinstance(value, dict)):
-        return from_dict(hint, value or {}, where, prefix=f"{key}.")
+        return from_dict(hint, value or {}, where, prefix=f"{key}.", what=what)
     if origin is tuple and isinstance(value, (list, tuple)):
         args = typing.get_args(hint)
         inner = list(args) if args and args[-1] is not Ellipsis else [args[0] if args else Any] * len(value)
@@ -153,7 +153,7 @@ def from_dict(cls: type, values: Any, where: str, prefix: str = "", skip: Iterab
         hint = hints[key]
         if not type_ok(value, hint):
             raise UserError(f"{where}: {what} '{prefix}{key}' must be {type_name(hint)}, got {value!r}")
-        kwargs[key] = _convert(value, hint, f"{prefix}{key}", where)
+        kwargs[key] = _convert(value, hint, f"{prefix}{key}", where, what)
     try:
         obj = cls(**kwargs)
     except UserError as e:   # a check in __post_init__: give it the file and the section

@@ -159,7 +159,7 @@ def config_from_dict(values: dict[str, Any], name: str = "custom", where: str = 
         raise UserError(f"{where} must be a mapping of sections (data, mask, model, optimization, meta)")
     values = dict(values or {})
     values.setdefault("name", name)
-    return from_dict(Config, values, where).resolve()
+    return from_dict(Config, values, where, what="config key").resolve()
 
 
 def load_config(name_or_path: str | Path, **overrides: Any) -> Config:
