@@ -323,6 +323,8 @@ def run_in_process(jobs: list[Job], force: bool = False, progress: bool = True) 
                 pending.append((ctx, feature_needs(ctx.entry)))
         except UserError:
             continue  # run_job reports it when the job's turn comes
+    for ctx, _ in pending:  # data a task cannot give a right number on fails the run before any job starts
+        check_data(TASKS.get(ctx.entry.task)(ctx.entry.params), ctx)
     wanted = shared_needs(pending)
     done = []
     for job in jobs:

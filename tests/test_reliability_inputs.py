@@ -9,7 +9,6 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from _reliability import SPEC, assert_clean_failure, cli_inprocess, knn_entry, records, write_battery
@@ -161,14 +160,21 @@ def test_record_write_permission_denied_names_the_path(tmp_path, capsys, monkeyp
                          r"\(.* free there\); nothing was recorded")
 
 
-def test_checkpoint_write_failure_keeps_the_previous_file(tmp_path):
+def test_checkpoint_write_failure_keeps_the_previous_file(tmp_path, monkeypatch):
     import torch
     from jepa_eval.atomic import atomic_torch_save
     from jepa_eval.errors import UserError
     path = tmp_path / "jepa-latest.pth.tar"
     atomic_torch_save({"epoch": 1}, path)
-    (tmp_path / "blocker").mkdir()
-    with pytest.raises(UserError, match=r"could not write .*jepa-latest\.pth\.tar: .*free there\); the previous"):
-        atomic_torch_save({"epoch": 2}, path, tmp=tmp_path / "blocker")  # a folder where the temp file goes
+    real_save = torch.save
+
+    def half_then_full(obj, f):  # what torch's zip writer does on a full disk: a partial file, then an error
+        Path(f).write_bytes(b"PK\x03\x04 half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+    monkeypatch.setattr(torch, "save", half_then_full)
+    with pytest.raises(UserError, match=r"could not write .*jepa-latest\.pth\.tar: write failed .*free there\); "
+                                        r"the previous file is kept"):
+        atomic_torch_save({"epoch": 2}, path)
+    monkeypatch.setattr(torch, "save", real_save)
     assert torch.load(path, weights_only=True) == {"epoch": 1}
-    assert np.array_equal(sorted(p.name for p in tmp_path.iterdir()), ["blocker", "jepa-latest.pth.tar"])
+    assert [p.name for p in tmp_path.iterdir()] == ["jepa-latest.pth.tar"]   # no temporary file left
