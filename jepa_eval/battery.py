@@ -23,19 +23,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from .config_io import YamlLoader, read_yaml, type_name, type_ok
 from .datasets.base import EVAL_TRANSFORMS
 from .errors import UserError, did_you_mean
 from .task import TASKS, build_params
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-3`` (no dot) as a string; batteries are full of such rates, so read them as floats."""
-
-
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-                              list("-+0123456789"))
+_Loader = YamlLoader   # the shared loader (1e-3 is a float); the old name stays for importers
 
 ENTRY_KEYS = {"task", "id", "dataset", "root", "splits", "max_samples", "pooling", "params", "seed", "optional",
               "protocol", "transform"}
@@ -56,6 +50,7 @@ class BatteryEntry:
     optional: bool = False   # skipped with a note (not an error) when none of its datasets is present
     protocol: str | None = None   # the published protocol this entry follows (a description, not identity)
     transform: str | None = None  # evaluation transform; None until resolved: the dataset's own
+    fallback: str | None = None   # set when an alternative dataset runs: why the earlier ones did not
 
     def config(self) -> dict[str, Any]:
         """What identifies this entry's result (everything except the display id and protocol note).
@@ -79,29 +74,71 @@ def builtin_batteries() -> dict[str, Path]:
     return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
 
 
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")   # a record file name: no separators, no '..'
+
+
 def _as_list(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+
+def _typed(raw: dict, key: str, hint: Any, where: str) -> None:
+    if key in raw and not type_ok(raw[key], hint):
+        raise UserError(f"{where}: '{key}' must be {type_name(hint)}, got {raw[key]!r}")
+
+
+def check_entry_id(entry_id: str, where: str) -> str:
+    """Entry ids name record files: a safe name, so no record is ever written outside ``--out``."""
+    if not SAFE_ID.fullmatch(entry_id) or ".." in entry_id:
+        raise UserError(f"{where}: id '{entry_id}' must be a plain name (letters, digits, '.', '_', '-', '+'; "
+                        f"no path separators or '..')")
+    return entry_id
+
+
+def check_dataset_names(names: list[str], where: str) -> None:
+    """Every alternative must be a known dataset: a typo is an error, never a silent fallback."""
+    from .datasets import DATASETS
+    for name in names:
+        if name not in DATASETS:
+            raise UserError(f"{where}: unknown dataset '{name}'{did_you_mean(name, DATASETS.names())}; "
+                            f"known: {', '.join(DATASETS.names())}")
 
 
 def _entry(raw: Any, where: str) -> BatteryEntry:
     if not isinstance(raw, dict) or "task" not in raw:
         raise UserError(f"{where}: each task entry must be a mapping with a 'task' key")
-    unknown = sorted(set(raw) - ENTRY_KEYS)
+    unknown = sorted(map(str, set(raw) - ENTRY_KEYS))
     if unknown:
         raise UserError(f"{where}: unknown key '{unknown[0]}'{did_you_mean(unknown[0], ENTRY_KEYS)}")
+    for key, hint in (("task", str), ("id", str | int), ("dataset", str | list[str]), ("root", str | None),
+                      ("splits", dict[str, str] | None), ("max_samples", dict | None),
+                      ("pooling", str | list[str] | None), ("params", dict | None), ("seed", int),
+                      ("optional", bool)):
+        _typed(raw, key, hint, where)
     task_cls = TASKS.get(str(raw["task"]))
     params_raw = raw.get("params") or {}
-    if not isinstance(params_raw, dict):
-        raise UserError(f"{where}: 'params' must be a mapping")
     params = build_params(task_cls, params_raw, where)
     if "dataset" not in raw:
         raise UserError(f"{where}: task '{raw['task']}' needs a 'dataset'")
     datasets = _as_list(raw["dataset"])
+    if not datasets:
+        raise UserError(f"{where}: 'dataset' names no dataset")
+    check_dataset_names(datasets, where)
     splits = {role: role for role in task_cls.splits}
-    splits.update({str(k): str(v) for k, v in (raw.get("splits") or {}).items()})
+    given_splits = raw.get("splits") or {}
+    for role, split in given_splits.items():
+        if role not in splits:
+            raise UserError(f"{where}: task '{raw['task']}' has no split role '{role}'"
+                            f"{did_you_mean(str(role), splits)}; roles: {', '.join(splits)}")
+        if not isinstance(split, str) or not split:
+            raise UserError(f"{where}: splits.{role} must be a split name, got {split!r}")
+    splits.update({str(k): str(v) for k, v in given_splits.items()})
     max_samples = raw.get("max_samples") or {}
-    if not isinstance(max_samples, dict) or not all(isinstance(v, int) and v > 0 for v in max_samples.values()):
-        raise UserError(f"{where}: 'max_samples' must map roles to positive integers")
+    for role, n in max_samples.items():
+        if role not in splits:
+            raise UserError(f"{where}: max_samples names the role '{role}'{did_you_mean(str(role), splits)}, "
+                            f"which task '{raw['task']}' does not read; roles: {', '.join(splits)}")
+        if not type_ok(n, int) or n < 1:
+            raise UserError(f"{where}: max_samples.{role} must be a positive integer, got {n!r}")
     poolings = _as_list(raw.get("pooling") or list(task_cls.poolings))
     from .features import check_pooling
     for p in poolings:
@@ -110,17 +147,13 @@ def _entry(raw: Any, where: str) -> BatteryEntry:
     if root and "$" in root:  # an unset variable: no root, so the dataset's own error explains what to set
         root = None
     seed = raw.get("seed", 0)
-    if not isinstance(seed, int):
-        raise UserError(f"{where}: 'seed' must be an integer")
-    if not isinstance(raw.get("optional", False), bool):
-        raise UserError(f"{where}: 'optional' must be true or false")
     protocol = raw.get("protocol")
     if protocol is not None and (not isinstance(protocol, str) or not protocol.strip()):
         raise UserError(f"{where}: 'protocol' must be a non-empty text naming the protocol the entry follows")
     transform = raw.get("transform")
     if transform is not None and transform not in EVAL_TRANSFORMS:
         raise UserError(f"{where}: 'transform' must be one of {', '.join(EVAL_TRANSFORMS)}, not {transform!r}")
-    entry_id = str(raw.get("id") or f"{raw['task']}-{datasets[0]}")
+    entry_id = check_entry_id(str(raw.get("id") or f"{raw['task']}-{datasets[0]}"), where)
     return BatteryEntry(entry_id, str(raw["task"]), datasets, root, splits, dict(max_samples), poolings,
                         params, dict(params_raw), seed, bool(raw.get("optional", False)),
                         " ".join(protocol.split()) if protocol else None, transform)
@@ -133,12 +166,12 @@ def load_battery(name_or_path: str) -> Battery:
     if not path.is_file():
         raise UserError(f"unknown battery '{name_or_path}'{did_you_mean(name_or_path, builtin)}; "
                         f"shipped: {', '.join(sorted(builtin))} (or give a YAML path)")
-    try:
-        raw = yaml.load(path.read_text(), Loader=_Loader)
-    except yaml.YAMLError as e:
-        raise UserError(f"battery {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    raw = read_yaml(path, "battery")
     if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), list) or not raw["tasks"]:
         raise UserError(f"battery {path} must be a mapping with a non-empty 'tasks' list")
+    unknown = sorted(map(str, set(raw) - {"description", "tasks"}))
+    if unknown:
+        raise UserError(f"battery {path}: unknown top-level key '{unknown[0]}'; keys: description, tasks")
     entries = [_entry(t, f"battery {path.name}, task #{i + 1}") for i, t in enumerate(raw["tasks"])]
     ids = [e.id for e in entries]
     dup = next((i for i in ids if ids.count(i) > 1), None)

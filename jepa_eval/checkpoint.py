@@ -4,6 +4,7 @@ Loading is strict (missing, unexpected or mis-shaped keys are errors naming the 
 (``torch.load(weights_only=True)``: a pickle that would run code is refused before it runs)."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pickle
@@ -17,6 +18,7 @@ import torch
 import yaml
 from torch import nn
 
+from .config_io import from_dict, parse_scalar
 from .errors import UserError
 from .models import HEADS_BY_WIDTH, VARIANTS, JEPAPredictor, JEPAViT, build_encoder
 
@@ -193,8 +195,48 @@ def _parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
         if "=" not in pair:
             raise UserError(f"bad timm spec '{spec}': expected key=value after the model name, got '{pair}'")
         key, value = pair.split("=", 1)
-        kwargs[key.strip()] = value if key.strip() == "weights" else yaml.safe_load(value)
+        kwargs[key.strip()] = value if key.strip() == "weights" else parse_scalar(value)
+    check_timm_kwargs({k: v for k, v in kwargs.items() if k in TIMM_CHECKED}, f"timm spec '{spec}'")
     return name.strip(), kwargs
+
+
+@dataclass
+class TimmArgs:
+    """The timm arguments a spec commonly sets, typed and range-checked (others go to timm unchecked,
+    and timm's own refusal becomes one line)."""
+    img_size: int | None = None
+    patch_size: int | None = None
+    depth: int | None = None
+    embed_dim: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float | None = None
+    drop_rate: float | None = None
+    drop_path_rate: float | None = None
+    in_chans: int | None = None
+
+    def validate(self) -> str | None:
+        for name in ("img_size", "patch_size", "depth", "embed_dim", "num_heads", "in_chans"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                return f"{name} must be a positive integer, got {value}"
+        if self.mlp_ratio is not None and not self.mlp_ratio > 0:
+            return f"mlp_ratio must be positive, got {self.mlp_ratio}"
+        for name in ("drop_rate", "drop_path_rate"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                return f"{name} must be in [0, 1), got {value}"
+        if self.img_size and self.patch_size and self.img_size % self.patch_size:
+            return f"image size {self.img_size} is not divisible by the patch size {self.patch_size}"
+        if self.embed_dim and self.num_heads and self.embed_dim % self.num_heads:
+            return f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}"
+        return None
+
+
+TIMM_CHECKED = {f.name for f in dataclasses.fields(TimmArgs)}
+
+
+def check_timm_kwargs(kwargs: dict[str, Any], where: str) -> TimmArgs:
+    return from_dict(TimmArgs, {k: v for k, v in kwargs.items() if k in TIMM_CHECKED}, where)
 
 
 def _load_timm(spec: str, weights: str | None, seed: int, **overrides: Any) -> Checkpoint:
@@ -212,6 +254,8 @@ def _load_timm(spec: str, weights: str | None, seed: int, **overrides: Any) -> C
             model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
         except TypeError as e:
             raise UserError(f"timm model '{name}' does not take these arguments {kwargs}: {e}") from None
+        except (ValueError, AssertionError, ArithmeticError, RuntimeError) as e:  # timm's own checks
+            raise UserError(f"timm model '{name}' cannot be built with {kwargs}: {e or type(e).__name__}") from None
     size, patch = kwargs.get("img_size"), kwargs.get("patch_size")
     if isinstance(size, int) and isinstance(patch, int) and size % patch:
         raise UserError(f"image size {size} is not divisible by the patch size {patch}")
@@ -267,6 +311,9 @@ def load_checkpoint(spec: str | os.PathLike, weights: str | None = None, num_hea
     config = _config_beside(path)
     meta: dict[str, Any] = {"path": str(path.resolve()), "sha256": sha256_file(path)}
     if any(k in obj for k in OFFICIAL_KEYS):
+        wrong = [k for k in OFFICIAL_KEYS if k in obj and not (isinstance(obj[k], dict) and obj[k])]
+        if wrong:
+            raise UserError(f"{path}[{wrong[0]}] holds {_describe(obj[wrong[0]])}, not a state dict of tensors")
         if "encoder" not in obj and "target_encoder" not in obj:
             raise UserError(f"{path} has a predictor but no encoder or target_encoder")
         parts = {k: _strip_prefix(obj[k]) for k in OFFICIAL_KEYS if isinstance(obj.get(k), dict)}
@@ -298,6 +345,12 @@ def load_checkpoint(spec: str | os.PathLike, weights: str | None = None, num_hea
                 has_context_encoder=False, has_predictor=False,
                 note="plain state dict: target and context encoder are the same weights")
     return Checkpoint(target_encoder=enc, encoder=enc, predictor=None, meta=meta)
+
+
+def _describe(v: Any) -> str:
+    if isinstance(v, torch.Tensor):
+        return f"a tensor of shape {tuple(v.shape)}"
+    return "an empty mapping" if isinstance(v, dict) else f"a {type(v).__name__}"
 
 
 def _scalar(v: Any) -> Any:

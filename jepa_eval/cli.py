@@ -3,12 +3,15 @@ defines ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; this file 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import pkgutil
 import sys
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, write_error
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
 
 
 def _commands() -> dict[str, object]:
@@ -59,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("jepa-eval: interrupted; finished work is kept and a rerun resumes", file=sys.stderr)
         return 130
+    except OSError as e:
+        # a write the command's own handlers did not name (disk full, quota, permission, read-only):
+        # still one line with the path and the free space; writers rename temporary files into place
+        if e.errno in WRITE_ERRNOS:
+            print(f"jepa-eval: error: {_one_line(write_error(e.filename or '.', e))}", file=sys.stderr)
+            return 2
+        raise
     except RuntimeError as e:
         if "UserError" in str(e) and "Original Traceback" in str(e):
             print(f"jepa-eval: error: {_one_line(e)}", file=sys.stderr)

@@ -25,7 +25,7 @@ from filelock import FileLock
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import UserError
+from .errors import UserError, write_error
 
 FEATURE_CODE_VERSION = 1
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -112,11 +112,26 @@ def pool(encoder: nn.Module, images: torch.Tensor, pooling: str) -> torch.Tensor
 
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _preallocate(path: Path) -> None:
+    """Reserve the blocks of a memory-mapped file now: on a full disk, writing into a sparse mapping kills
+    the process with SIGBUS, while allocating here raises ENOSPC, which becomes a one-line error."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    finally:
+        os.close(fd)
 
 
 def _digest(path: Path) -> str:
@@ -201,8 +216,14 @@ class FeatureCache:
                 found[p] = self._read(self.root / keys[p], keys[p])  # another process may have finished it
             todo = {p: self.root / keys[p] for p in missing if found[p] is None}
             if todo:
-                self._extract(checkpoint.get_encoder(encoder), todo, dataset, dtype, batch_size, device,
-                              num_workers, chunk_images, progress)
+                try:
+                    self._extract(checkpoint.get_encoder(encoder), todo, dataset, dtype, batch_size, device,
+                                  num_workers, chunk_images, progress)
+                except OSError as e:  # disk full, quota, permission: finished chunks stay, a rerun resumes
+                    where = e.filename or next(iter(todo.values())).with_name(
+                        next(iter(todo.values())).name + ".partial")
+                    raise write_error(where, e, "the feature cache entry",
+                                      "no feature entry was published; free space and rerun to resume") from None
                 for p, entry in todo.items():
                     found[p] = self._read(entry, keys[p])
                     if found[p] is None:
@@ -219,7 +240,10 @@ class FeatureCache:
         state_file, feats_path = partial / "progress.json", partial / "features.npy"
         done = json.loads(state_file.read_text())["done"] if state_file.exists() else 0
         if done == 0 or not feats_path.exists():
-            return np.lib.format.open_memmap(feats_path, mode="w+", dtype=DTYPES[dtype], shape=shape), 0
+            out = np.lib.format.open_memmap(feats_path, mode="w+", dtype=DTYPES[dtype], shape=shape)
+            _preallocate(feats_path)
+            return out, 0
+        _preallocate(feats_path)   # a file from an older run may still be sparse
         return np.load(feats_path, mmap_mode="r+"), done
 
     @staticmethod

@@ -51,6 +51,23 @@ def versions() -> dict[str, str]:
     return found
 
 
+def classes_hash(classes: list) -> str:
+    """Identifies a class index (names in label order): two records share it only if label i meant the same."""
+    return hashlib.sha256(json.dumps([str(c) for c in classes]).encode()).hexdigest()[:16]
+
+
+def thread_counts() -> dict[str, int | None]:
+    """CPU threads the numbers were computed with (a reduction's order, hence its last digits, can follow them)."""
+    import torch
+    try:
+        import faiss
+        faiss_threads = int(faiss.omp_get_max_threads())
+    except ImportError:
+        faiss_threads = None
+    return {"torch": torch.get_num_threads(), "torch_interop": torch.get_num_interop_threads(),
+            "faiss": faiss_threads}
+
+
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 

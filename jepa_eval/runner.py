@@ -25,10 +25,11 @@ from .battery import Battery, BatteryEntry, load_battery
 from .checkpoint import Checkpoint, load_checkpoint
 from .datasets import get_dataset
 from .datasets.base import SubsetDataset, eval_transform_id
-from .errors import UserError
+from .errors import UserError, write_error
 from .features import FeatureCache, Features
-from .results import SCHEMA, git_commit, now, read_record, record_id, versions, write_record
-from .task import TASKS
+from .results import (SCHEMA, classes_hash, git_commit, now, read_record, record_id, thread_counts, versions,
+                      write_record)
+from .task import TASKS, check_data
 
 ENCODERS = ("target", "context")
 
@@ -152,18 +153,24 @@ def pretrain_dataset(meta: dict[str, Any]) -> str | None:
 
 
 def resolve_dataset(entry: BatteryEntry, roots: dict[str, str]) -> tuple[str, BatteryEntry]:
-    """The first of the entry's datasets that can be opened (with the CLI's --root overrides)."""
+    """The first of the entry's datasets that can be opened (with the CLI's --root overrides). A fallback
+    to a later alternative is kept on the entry (``fallback``), so it is printed and recorded."""
     errors = []
     for name in entry.datasets:
         root = roots.get(name) or entry.root  # the command line overrides the battery
         try:
             ds = get_dataset(name, root, split=next(iter(entry.splits.values())), image_size=8,
                              transform=entry.transform)
-            if root != entry.root or entry.transform is None:   # the transform resolves to the dataset's own
-                entry = BatteryEntry(**{**entry.__dict__, "root": root, "transform": ds.eval_transform})
-            return name, entry
         except UserError as e:
-            errors.append(str(e))
+            if name in roots:  # a root the user named is never silently replaced by another dataset
+                raise
+            errors.append(f"{name}: {e}")
+            continue
+        fallback = f"used '{name}' because " + " | ".join(errors) if errors else None
+        if root != entry.root or fallback or entry.transform is None:  # the transform resolves to the dataset's own
+            entry = BatteryEntry(**{**entry.__dict__, "root": root, "fallback": fallback,
+                                    "transform": ds.eval_transform})
+        return name, entry
     raise UserError(f"entry '{entry.id}': no dataset available: " + " | ".join(errors))
 
 
@@ -280,11 +287,15 @@ def run_job(job: Job, checkpoint: Checkpoint | None = None, force: bool = False,
         if not force and read_record(path) is not None:  # finished by someone while we waited
             written = True
             return path
+        if entry.fallback:
+            log(f"note   {job.label}: {entry.fallback}")
         log(f"run    {job.label} on {dataset}")
         task = TASKS.get(entry.task)(entry.params)
         workdir = path.with_suffix(".work")
         ctx = TaskContext(ck, job.encoder, entry, dataset, FeatureCache(job.cache), workdir,
                           seed=entry.seed, show_progress=progress, wanted=wanted or {})
+        train_data = ctx.dataset(next(iter(entry.splits)))
+        check_data(task, ctx)   # before any feature is extracted: refuse what would record a wrong number
         t0 = time.time()
         result = task.run(ctx)
         record = {
@@ -292,7 +303,9 @@ def run_job(job: Job, checkpoint: Checkpoint | None = None, force: bool = False,
             "checkpoint": {"spec": job.spec, "name": checkpoint_name(job.spec), "sha256": ck.meta.get("sha256"),
                            "meta": {k: v for k, v in ck.meta.items() if k != "config"}},
             "task": entry.task, "entry": entry.id, "battery": battery.name, "dataset": dataset,
-            "root": entry.root, "splits": entry.splits, "max_samples": entry.max_samples,
+            "root": entry.root, "data_root": train_data.identity.get("root"), "dataset_fallback": entry.fallback,
+            "classes": {"n": len(train_data.classes), "sha256": classes_hash(train_data.classes)},
+            "splits": entry.splits, "max_samples": entry.max_samples,
             "data": ctx.data_summary(), "pretrain_dataset": pretrain_dataset(ck.meta),
             "encoder": job.encoder, "pooling": result.details.pop("pooling", ",".join(entry.poolings)),
             "protocol": entry.protocol,
@@ -300,12 +313,11 @@ def run_job(job: Job, checkpoint: Checkpoint | None = None, force: bool = False,
             "params": entry.raw_params, "primary_metric": next(iter(result.metrics)),
             "metrics": result.metrics, "chosen": result.chosen, "selected_on": result.selected_on,
             "details": result.details, "seed": entry.seed, "git_commit": git_commit(),
-            "versions": versions(), "wall_time_s": round(time.time() - t0, 3)}
+            "versions": versions(), "threads": thread_counts(), "wall_time_s": round(time.time() - t0, 3)}
         try:
             write_record(path, record)
         except OSError as e:  # disk full, quota, file size limit: write_record removed its temporary file
-            raise UserError(f"could not write the record {path}: {e.strerror or e}; nothing was recorded "
-                            f"(rerun to compute it again)") from None
+            raise write_error(path, e, "the record", "nothing was recorded (rerun to compute it again)") from None
         written = True
         if workdir.exists():
             import shutil
@@ -353,6 +365,8 @@ def run_in_process(jobs: list[Job], force: bool = False, progress: bool = True) 
                 pending.append((ctx, feature_needs(ctx.entry)))
         except UserError:
             continue  # run_job reports it when the job's turn comes
+    for ctx, _ in pending:  # data a task cannot give a right number on fails the run before any job starts
+        check_data(TASKS.get(ctx.entry.task)(ctx.entry.params), ctx)
     wanted = shared_needs(pending)
     done = []
     for job in jobs:

@@ -5,10 +5,10 @@ anything runs, and implements ``run(ctx) -> TaskResult``. The engine never names
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .config_io import from_dict
 from .errors import UserError
 from .registry import Registry
 
@@ -28,6 +28,7 @@ class Task:
     name: ClassVar[str] = ""
     splits: ClassVar[tuple[str, ...]] = ("train", "test")   # roles whose features the task reads
     poolings: ClassVar[tuple[str, ...]] = ("lastPOOL",)       # default feature sets
+    classification: ClassVar[bool] = False   # needs at least two classes in its training split
 
     @dataclass
     class Params:
@@ -39,32 +40,18 @@ class Task:
     def run(self, ctx: "TaskContext") -> TaskResult:  # noqa: F821 - defined in jepa_eval.runner
         raise NotImplementedError
 
+    def check(self, sizes: dict[str, int], class_counts: dict[str, list[int]]) -> str | None:
+        """A problem with this data found before any work (images per role, images per class per role).
+        The rule for every grid: a value the data cannot support (a k above the training-set size) is
+        refused, never clamped, so a metric's name always says what was computed."""
+        return None
+
 
 def register_task(name: str):
     def decorator(cls: type[Task]) -> type[Task]:
         cls.name = name
         return TASKS.register(name)(cls)
     return decorator
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if origin in (list, tuple):
-        (inner, *_) = typing.get_args(hint) or (Any,)
-        return isinstance(value, (list, tuple)) and all(_type_ok(v, inner) for v in value)
-    if origin is dict:
-        return isinstance(value, dict)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
 
 
 def probe_config(params: Any, config_cls: type, seed: int) -> Any:
@@ -75,26 +62,29 @@ def probe_config(params: Any, config_cls: type, seed: int) -> Any:
 
 
 def build_params(task_cls: type[Task], given: dict[str, Any] | None, where: str) -> Any:
-    """Validate a battery's parameters against the task's ``Params`` dataclass."""
+    """Validate a battery's parameters against the task's ``Params`` dataclass (types, unknown keys,
+    then its ``validate()`` ranges), through the shared config loader."""
     given = dict(given or {})
     if "seed" in given:   # the entry's seed also picks its subsets: one place, so the two cannot disagree
         raise UserError(f"{where}: 'seed' is not a task parameter; give it on the entry, beside 'params'")
-    fields = {f.name: f for f in dataclasses.fields(task_cls.Params) if f.name != "seed"}
-    unknown = sorted(set(given) - set(fields))
-    if unknown:
-        from .errors import did_you_mean
-        raise UserError(f"{where}: task '{task_cls.name}' has no parameter '{unknown[0]}'"
-                        f"{did_you_mean(unknown[0], fields)}; parameters: {', '.join(fields) or 'none'}")
-    hints = typing.get_type_hints(task_cls.Params)
-    for key, value in given.items():
-        if not _type_ok(value, hints[key]):
-            name = getattr(hints[key], "__name__", str(hints[key]))
-            raise UserError(f"{where}: parameter '{key}' of task '{task_cls.name}' must be {name}, "
-                            f"got {value!r}")
-    params = task_cls.Params(**given)
-    check = getattr(params, "validate", None)
-    if check:
-        problem = check()
-        if problem:
-            raise UserError(f"{where}: task '{task_cls.name}': {problem}")
-    return params
+    return from_dict(task_cls.Params, given, f"{where}: task '{task_cls.name}'", skip=("seed",),
+                     what="parameter")
+
+
+def check_data(task: Task, ctx: Any) -> None:
+    """Refuse data a task cannot give a correct number on, before any feature is extracted."""
+    import numpy as np
+    sizes, counts = {}, {}
+    for role in ctx.entry.splits:
+        ds = ctx.dataset(role)
+        sizes[role] = len(ds)
+        counts[role] = np.bincount(ds.targets.astype(np.int64)).tolist() if ds.targets.ndim == 1 and \
+            np.issubdtype(ds.targets.dtype, np.integer) and len(ds.targets) else []
+    role = next(iter(ctx.entry.splits))
+    present = sum(1 for c in counts[role] if c > 0)
+    if task.classification and present < 2:
+        raise UserError(f"entry '{ctx.entry.id}': task '{task.name}' classifies, but the '{role}' split of "
+                        f"{ctx.dataset_name} has {present} class(es) with images; it needs at least two")
+    problem = task.check(sizes, counts)
+    if problem:
+        raise UserError(f"entry '{ctx.entry.id}' on {ctx.dataset_name}: {problem}")

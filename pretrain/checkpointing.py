@@ -7,7 +7,6 @@ the mask sampler's state; readers that do not know it ignore it. The resolved co
 files as ``config.yaml`` (model name and heads included), which is where ``load_checkpoint`` looks."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch
 import yaml
 from torch import nn
 
+from jepa_eval.atomic import atomic_torch_save
 from jepa_eval.checkpoint import safe_torch_load
 from jepa_eval.errors import UserError
 
@@ -62,9 +62,8 @@ def save_checkpoint(path: Path, *, encoder: nn.Module, predictor: nn.Module, tar
         "batch_size": batch_size, "world_size": world_size, "lr": lr,
         "jepa_eval": {"step": step, "mask_sampler": dict(mask_state)},
     }
-    tmp = Path(f"{path}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(state, path, tmp=f"{path}.tmp",
+                      after="the previous checkpoint is kept; free space and rerun with --resume")
 
 
 def load_for_resume(path: Path) -> dict[str, Any]:
@@ -79,4 +78,4 @@ def strip_for_release(src: Path, dst: Path) -> None:
     """A small copy for shipping: same official top-level keys, optimizer state emptied."""
     state = safe_torch_load(src)
     state["opt"] = {"state": {}, "param_groups": state["opt"]["param_groups"]}
-    torch.save(state, dst)
+    atomic_torch_save(state, dst)

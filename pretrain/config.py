@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from jepa_eval.config_io import from_dict, read_yaml
 from jepa_eval.errors import UserError, did_you_mean
 from jepa_eval.models import VARIANTS
 
@@ -29,6 +29,15 @@ class DataConfig:
     max_samples: int | None = None          # seeded class-stratified subset (small CPU runs)
     num_workers: int = 0
 
+    def validate(self) -> str | None:
+        if self.img_size < 1 or self.batch_size < 1:
+            return "img_size and batch_size must be positive"
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            return f"crop_scale {list(self.crop_scale)} must be (min, max) with 0 < min <= max <= 1"
+        if self.max_samples is not None and self.max_samples < 1:
+            return "max_samples must be positive (or null for all images)"
+        return None if self.num_workers >= 0 else "num_workers must be >= 0"
+
 
 @dataclass
 class ModelConfig:
@@ -41,6 +50,14 @@ class ModelConfig:
     mlp_ratio: float | None = None
     pred_depth: int = 12
     pred_emb_dim: int = 384
+
+    def validate(self) -> str | None:
+        sizes = {"patch_size": self.patch_size, "width": self.width, "depth": self.depth,
+                 "num_heads": self.num_heads, "pred_depth": self.pred_depth, "pred_emb_dim": self.pred_emb_dim}
+        bad = [k for k, v in sizes.items() if v is not None and v < 1]
+        if bad:
+            return f"{bad[0]} must be a positive integer, got {sizes[bad[0]]}"
+        return None if self.mlp_ratio is None or self.mlp_ratio > 0 else "mlp_ratio must be positive"
 
 
 @dataclass
@@ -56,6 +73,21 @@ class OptimConfig:
     ipe_scale: float = 1.0                  # schedules span ipe_scale * epochs * iterations-per-epoch
     clip_grad: float | None = None
 
+    def validate(self) -> str | None:
+        if self.epochs < 1:
+            return f"epochs must be >= 1, got {self.epochs}"
+        for name in ("lr", "start_lr", "final_lr", "weight_decay", "final_weight_decay", "warmup"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
+                return f"{name} must be {'positive' if name == 'lr' else '>= 0'}, got {value}"
+        if self.warmup > self.epochs:
+            return f"warmup ({self.warmup} epochs) is longer than training ({self.epochs} epochs)"
+        if not 0 <= self.ema[0] <= self.ema[1] <= 1:
+            return f"ema {list(self.ema)} must be (start, end) with 0 <= start <= end <= 1"
+        if not self.ipe_scale > 0:
+            return f"ipe_scale must be positive, got {self.ipe_scale}"
+        return None if self.clip_grad is None or self.clip_grad > 0 else "clip_grad must be positive or null"
+
 
 @dataclass
 class MetaConfig:
@@ -64,6 +96,13 @@ class MetaConfig:
     checkpoint_every: int = 50              # also write jepa-ep{N}.pth.tar every this many epochs
     write_tag: str = "jepa"
     cpu_threads: int | None = None          # torch threads on CPU; 1 is fastest on a busy shared machine
+
+    def validate(self) -> str | None:
+        if self.checkpoint_every < 1:
+            return f"checkpoint_every must be >= 1 (epochs), got {self.checkpoint_every}"
+        if not self.write_tag or "/" in self.write_tag or ".." in self.write_tag:
+            return f"write_tag must be a plain file name prefix, got {self.write_tag!r}"
+        return None if self.cpu_threads is None or self.cpu_threads >= 1 else "cpu_threads must be >= 1 or null"
 
 
 @dataclass
@@ -110,24 +149,6 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    if not isinstance(values, dict):
-        raise UserError(f"config section '{where}' must be a mapping, got {type(values).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        if key not in fields:
-            raise UserError(f"unknown config key '{where}.{key}'{did_you_mean(key, fields)}")
-        sub = SECTIONS.get(key) if cls is Config else None
-        if sub is not None:
-            kwargs[key] = _build(sub, value or {}, key)
-        elif isinstance(value, list):
-            kwargs[key] = tuple(value)
-        else:
-            kwargs[key] = value
-    return cls(**kwargs)
-
-
 SECTIONS = {"data": DataConfig, "mask": MaskConfig, "model": ModelConfig,
             "optimization": OptimConfig, "meta": MetaConfig, "monitor": MonitorConfig}
 
@@ -136,10 +157,14 @@ def available_configs() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
-def config_from_dict(values: dict[str, Any], name: str = "custom") -> Config:
+def config_from_dict(values: dict[str, Any], name: str = "custom", where: str = "pretraining config") -> Config:
+    """A checked ``Config``: unknown keys, wrong types (``lr: abc``) and out-of-range values are refused
+    with one line naming the key and ``where`` (the file)."""
+    if not isinstance(values, dict | None):
+        raise UserError(f"{where} must be a mapping of sections (data, mask, model, optimization, meta)")
     values = dict(values or {})
     values.setdefault("name", name)
-    return _build(Config, values, "config").resolve()
+    return from_dict(Config, values, where, what="config key").resolve()
 
 
 def load_config(name_or_path: str | Path, **overrides: Any) -> Config:
@@ -152,13 +177,12 @@ def load_config(name_or_path: str | Path, **overrides: Any) -> Config:
             raise UserError(f"unknown pretraining config '{name_or_path}'"
                             f"{did_you_mean(str(name_or_path), available_configs())}; "
                             f"shipped: {', '.join(available_configs())}, or give a YAML path")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"unreadable config {path}: {e}") from None
+    values = read_yaml(path, "pretraining config") or {}
+    if not isinstance(values, dict):
+        raise UserError(f"pretraining config {path} must be a mapping of sections")
     for key, value in overrides.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and isinstance(values.get(key) or {}, dict):
             values[key] = {**(values.get(key) or {}), **value}
         else:
             values[key] = value
-    return config_from_dict(values, name=path.stem)
+    return config_from_dict(values, name=path.stem, where=f"pretraining config {path.name}")

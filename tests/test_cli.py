@@ -63,7 +63,7 @@ def test_run_writes_one_self_describing_record_and_reruns_skip_it(tmp_path, batt
     (lambda d: ["--checkpoint", d / "notes.pth.tar"], "not a"),
     (lambda d: ["--checkpoint", SPEC, "--battery", "smok"], "did you mean 'smoke'"),
     (lambda d: ["--checkpoint", SPEC, "--battery", d / "badtask.yaml"], "unknown task 'knnn'"),
-    (lambda d: ["--checkpoint", SPEC, "--battery", d / "badtype.yaml"], "parameter 'ks' of task 'knn' must be"),
+    (lambda d: ["--checkpoint", SPEC, "--battery", d / "badtype.yaml"], "task 'knn': parameter 'ks' must be"),
     (lambda d: ["--checkpoint", SPEC, "--battery", d / "badyaml.yaml"], "not valid YAML"),
     (lambda d: ["--checkpoint", "timm:vit_tiny_patch16_224,img_size=30,patch_size=4"], "not divisible"),
 ])

@@ -148,7 +148,7 @@ def test_visualize_errors(tmp_path, tiny_cfg, official, capsys):
 def test_config_mistakes(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: {batchsize: 4}\n")
-    with pytest.raises(UserError, match="unknown keys.*batchsize"):
+    with pytest.raises(UserError, match="unknown key.*batchsize"):
         load_config(str(bad))
     with pytest.raises(UserError, match="neither a packaged config"):
         load_config("nope")

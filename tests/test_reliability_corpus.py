@@ -203,6 +203,66 @@ def small_file_limit() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (600, 600))
 
 
+# ---------------------------------------------------------------- issue 19: what a user types
+def png_solid(path: Path, rgb: tuple[int, int, int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), rgb).save(path)
+
+
+COLOURS = {"ant": (250, 10, 10), "bee": (10, 250, 10), "cicada": (10, 10, 250)}
+
+
+def colour_folder(d: Path, train: tuple[str, ...], val: tuple[str, ...]) -> Path:
+    """A folder k-NN on raw pixels separates perfectly: each class is one solid colour (slightly varied)."""
+    root = d / "colours"
+    for split, classes in (("train", train), ("val", val)):
+        for cls in classes:
+            r, g, b = COLOURS[cls]
+            for i in range(3):
+                png_solid(root / split / cls / f"{cls}{i}.png", (r - 3 * i, g + 2 * i, b))
+    return root
+
+
+def colour_battery(d: Path, train: tuple[str, ...], val: tuple[str, ...], checkpoint: str = "pixels:8") -> list:
+    root = colour_folder(d, train, val)
+    entry = (f"task: knn\nid: colours\ndataset: imagefolder\nroot: {root}\nsplits: {{train: train, test: val}}\n"
+             f"params: {{ks: [1]}}")
+    return run_args(d, checkpoint, write_battery(d / "colours.yaml", entry))
+
+
+def entry_battery(d: Path, *lines: str, base: str = "") -> list:
+    """A k-NN entry on digits with extra or replaced lines."""
+    return run_args(d, SPEC, write_battery(d / "entry.yaml", (base or knn_entry()) + "".join("\n" + ln for ln in lines)))
+
+
+def with_root(d: Path, root: str) -> list:
+    return run_args(d, SPEC, write_battery(d / "fm.yaml", knn_entry("[fashion-mnist, digits]"))) + ["--root", root]
+
+
+TINY_PRETRAIN = (Path(__file__).resolve().parents[1] / "pretrain" / "configs" / "tiny-digits.yaml").read_text()
+
+
+def pretrain_config(d: Path, old: str, new: str) -> list:
+    assert old in TINY_PRETRAIN, old
+    (d / "pre.yaml").write_text(TINY_PRETRAIN.replace(old, new))
+    return ["pretrain", "--config", d / "pre.yaml", "--out", d / "out", "--max-steps", "1"]
+
+
+def no_checkpoint(d: Path) -> None:
+    assert not list(d.rglob("*.pth.tar")), "a checkpoint was written from a bad config"
+
+
+def decoder_config(d: Path, text: str) -> list:
+    (d / "dec.yaml").write_text(text)
+    return ["decoder", "train", "--checkpoint", SPEC, "--dataset", "digits", "--out", d / "out", "--config",
+            d / "dec.yaml"]
+
+
+def tensor_as_encoder(d: Path) -> list:
+    torch.save({"encoder": torch.zeros(192, 3, 8, 8), "epoch": 1}, d / "flat.pth.tar")
+    return run_args(d, d / "flat.pth.tar")
+
+
 CASES = [
     Case("missing-file", lambda d: run_args(d, d / "nowhere.pth.tar"), r"checkpoint not found: .*nowhere\.pth\.tar",
          "refused before anything runs; names the path"),
@@ -251,13 +311,93 @@ CASES = [
          r"unknown task 'knm' \(did you mean 'knn'\?\)", "battery validated before anything runs"),
     Case("battery-wrongly-typed-parameter",
          lambda d: bad_battery(d, "tasks:\n  - task: knn\n    dataset: digits\n    params: {temperature: warm}\n"),
-         r"parameter 'temperature' of task 'knn' must be float, got 'warm'",
+         r"task 'knn': parameter 'temperature' must be a number, got 'warm'",
          "battery type-checked before anything runs"),
     Case("unwritable-output-folder", unwritable_out, r"output folder .* is not writable",
          "checked by a test write before any work"),
-    Case("write-error-mid-record", record_write_error, r"could not write the record .*: File too large; nothing "
-         r"was recorded", "the half-written temporary file is removed; no record, the job reruns next time",
+    Case("write-error-mid-record", record_write_error, r"could not write the record .*: File too large \([\d.]+ [kMGT]?B free "
+         r"there\); nothing was recorded", "the half-written temporary file is removed; no record, the job reruns next time",
          subprocess=True, preexec=small_file_limit),
+    # ---- issue 19: every value a user types is checked before any work (one validation path)
+    Case("imagefolder-split-with-class-not-in-train", lambda d: colour_battery(d, ("ant", "bee"), ("ant", "cicada")),
+         r"has class folder\(s\) that .*train lacks: cicada",
+         "refused: labels come from one class index (train/), and a test class outside it has no label"),
+    Case("imagefolder-one-class", lambda d: colour_battery(d, ("ant",), ("ant",)),
+         r"task 'knn' classifies, but the 'train' split of imagefolder has 1 class\(es\)",
+         "refused before extraction: a classification task needs at least two classes"),
+    Case("root-folder-missing", lambda d: with_root(d, f"fashion-mnist={d / 'nowhere'}"),
+         r"--root fashion-mnist=.*nowhere: folder not found",
+         "refused (it used to read the system copy silently and record the missing folder as root)"),
+    Case("root-unknown-dataset", lambda d: with_root(d, f"fashon-mnist={d}"),
+         r"unknown dataset 'fashon-mnist' \(did you mean 'fashion-mnist'\?\)", "refused; suggests the name"),
+    Case("root-without-the-data", lambda d: with_root(d, f"fashion-mnist={d}"),
+         r"fashion-mnist not found \(looked in [^,]*\)",
+         "refused: a root the user gives is the only place looked in, and no other alternative is tried"),
+    Case("battery-dataset-alternative-typo", lambda d: entry_battery(d, base=knn_entry("[fashon-mnist, digits]")),
+         r"unknown dataset 'fashon-mnist' \(did you mean 'fashion-mnist'\?\)",
+         "refused: a typo is an error, not a fallback to the next alternative"),
+    Case("battery-entry-id-escapes-out", lambda d: entry_battery(d, base=knn_entry(entry_id="../../../escaped")),
+         r"id '\.\./\.\./\.\./escaped' must be a plain name",
+         "refused: ids name record files, so none can be written outside --out"),
+    Case("battery-max-samples-unknown-role",
+         lambda d: entry_battery(d, base=knn_entry().replace("test: 20", "tset: 20")),
+         r"max_samples names the role 'tset' \(did you mean 'test'\?\)", "refused; suggests the role"),
+    Case("battery-boolean-as-integer", lambda d: entry_battery(d, base=knn_entry().replace("train: 40", "train: true")),
+         r"max_samples\.train must be a positive integer, got True", "refused: booleans are not numbers"),
+    Case("battery-boolean-in-params", lambda d: entry_battery(d, base=knn_entry().replace("ks: [5]", "ks: [true]")),
+         r"parameter 'ks' must be a list of integers, got \[True\]", "refused: booleans are not numbers"),
+    Case("battery-unknown-split-role", lambda d: entry_battery(d, "splits: {train: train, tset: test}"),
+         r"task 'knn' has no split role 'tset'", "refused (it used to extract an extra split nobody reads)"),
+    Case("battery-unknown-top-level-key",
+         lambda d: bad_battery(d, "description: x\ntask:\n  - task: knn\ntasks:\n  - task: knn\n    dataset: digits\n"),
+         r"unknown top-level key 'task'", "refused"),
+    Case("knn-k-above-training-set", lambda d: entry_battery(d, base=knn_entry().replace("ks: [5]", "ks: [5, 200]")),
+         r"ks \[200\] exceed the 40 training images",
+         "refused before extraction (never computed with a smaller k under the name top1_k200)"),
+    Case("knn-k-above-training-set-in-a-later-entry",
+         lambda d: run_args(d, SPEC, write_battery(d / "two.yaml", knn_entry(entry_id="fine"),
+                                                   knn_entry(entry_id="too-big").replace("ks: [5]", "ks: [50]"))),
+         r"entry 'too-big' on digits: ks \[50\] exceed the 40 training images",
+         "refused before any job runs: the valid entry before it is not recorded either"),
+    Case("pretrain-negative-lr", lambda d: pretrain_config(d, "  lr: 1.0e-3", "  lr: -1.0e-3"),
+         r"pre\.yaml: optimization: lr must be positive, got -0\.001", "refused before training",
+         check=no_checkpoint),
+    Case("pretrain-lr-not-a-number", lambda d: pretrain_config(d, "  lr: 1.0e-3", "  lr: abc"),
+         r"key 'optimization\.lr' must be a number, got 'abc'", "refused", check=no_checkpoint),
+    Case("pretrain-patch-size-zero", lambda d: pretrain_config(d, "patch_size: 4", "patch_size: 0"),
+         r"patch_size must be a positive integer, got 0", "refused (was a ZeroDivisionError traceback)",
+         check=no_checkpoint),
+    Case("pretrain-patch-size-not-dividing-image", lambda d: pretrain_config(d, "patch_size: 4", "patch_size: 5"),
+         r"img_size 16 is not divisible by patch_size 5", "refused", check=no_checkpoint),
+    Case("pretrain-checkpoint-every-zero", lambda d: pretrain_config(d, "checkpoint_every: 1", "checkpoint_every: 0"),
+         r"checkpoint_every must be >= 1", "refused before training (was a traceback after a full epoch)",
+         check=no_checkpoint),
+    Case("pretrain-mask-scale-above-one",
+         lambda d: pretrain_config(d, "pred_mask_scale: [0.15, 0.25]", "pred_mask_scale: [0.15, 1.25]"),
+         r"pred_mask_scale \[0\.15, 1\.25\] must be \(min, max\) with 0 < min <= max <= 1", "refused",
+         check=no_checkpoint),
+    Case("pretrain-boolean-as-integer", lambda d: pretrain_config(d, "batch_size: 32", "batch_size: yes"),
+         r"key 'data\.batch_size' must be an integer, got True", "refused", check=no_checkpoint),
+    Case("decoder-config-negative-lr", lambda d: decoder_config(d, "train: {lr: -1e-3}\n"),
+         r"dec\.yaml: train: lr and grad_clip must be positive", "refused before any data is read"),
+    Case("decoder-config-wrong-type", lambda d: decoder_config(d, "train: {max_steps: 1e3}\n"),
+         r"key 'train\.max_steps' must be an integer, got 1000\.0", "refused (no silent rounding)"),
+    Case("checkpoint-encoder-is-a-tensor", tensor_as_encoder,
+         r"flat\.pth\.tar\[encoder\] holds a tensor of shape \(192, 3, 8, 8\), not a state dict",
+         "refused (was a KeyError traceback)"),
+    Case("timm-spec-patch-size-zero",
+         lambda d: run_args(d, "timm:vit_tiny_patch16_224,img_size=16,patch_size=0,depth=2"),
+         r"patch_size must be a positive integer, got 0", "refused (was a ZeroDivisionError traceback)"),
+    Case("timm-spec-embed-dim-not-divisible-by-heads",
+         lambda d: run_args(d, "timm:vit_tiny_patch16_224,img_size=16,patch_size=8,depth=1,embed_dim=100"),
+         r"cannot be built with .*dim should be divisible by num_heads", "timm's own refusal, as one line"),
+    Case("cli-batch-size-zero", lambda d: ["features", "--checkpoint", SPEC, "--dataset", "digits", "--cache",
+                                           d / "cache", "--batch-size", "0"],
+         r"argument --batch-size: expected a positive integer, got '0'", "refused at parse time (argparse type)",
+         subprocess=True),
+    Case("cli-interval-nan", lambda d: ["watch", d, "--battery", "smoke", "--out", d / "out", "--interval", "nan"],
+         r"argument --interval: expected a positive number, got 'nan'", "refused at parse time (argparse type)",
+         subprocess=True),
 ]
 
 

@@ -41,8 +41,10 @@ def test_same_seed_same_numbers(tmp_path, capsys):
     second, feats2 = run_fresh(tmp_path, capsys, battery, "b")
     assert first.keys() == second.keys() == {"knn-seed0", "knn-seed1", "linear", "lowshot"}
     for entry in first:
-        for key in ("metrics", "chosen", "record_id"):
+        for key in ("metrics", "chosen", "record_id", "threads"):
             assert first[entry][key] == second[entry][key], (entry, key)
+        # the thread counts are recorded: a reduction's order (hence the last digits) can follow them
+        assert first[entry]["threads"]["torch"] >= 1 and "faiss" in first[entry]["threads"]
     assert first["linear"]["details"]["grid"] == second["linear"]["details"]["grid"]
     assert first["lowshot"]["details"]["per_seed"] == second["lowshot"]["details"]["per_seed"]
     # (train, test) x two seeded subsets, plus lowshot's subset rows of the seed-0 train split

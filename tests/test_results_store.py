@@ -54,10 +54,10 @@ def test_load_gives_one_row_per_metric_and_ignores_foreign_json(tmp_path):
     ("tasks: []", "non-empty 'tasks' list"),
     ("tasks:\n  - dataset: digits", "mapping with a 'task' key"),
     ("tasks:\n  - task: knn", "needs a 'dataset'"),
-    ("tasks:\n  - task: knn\n    dataset: digits\n    params: {k: [1]}", "no parameter 'k'.*did you mean 'ks'"),
+    ("tasks:\n  - task: knn\n    dataset: digits\n    params: {k: [1]}", "unknown parameter 'k'.*did you mean 'ks'"),
     ("tasks:\n  - task: knn\n    dataset: digits\n    params: {temperature: -1.0}", "temperature must be positive"),
     ("tasks:\n  - task: knn\n    dataset: digits\n    pooling: maxPOOL", "unknown pooling"),
-    ("tasks:\n  - task: knn\n    dataset: digits\n    max_samples: {train: 0}", "positive integers"),
+    ("tasks:\n  - task: knn\n    dataset: digits\n    max_samples: {train: 0}", "max_samples.train must be a positive integer"),
     ("tasks:\n  - task: knn\n    dataset: digits\n    sead: 1", "unknown key 'sead'"),
     ("tasks:\n  - {task: knn, dataset: digits}\n  - {task: knn, dataset: digits}", "share the id"),
 ])

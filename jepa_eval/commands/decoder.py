@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..config_io import positive_int
+
 NAME = "decoder"
 HELP = "train a diffusion decoder on frozen representations; visualize predictor outputs"
 
@@ -16,10 +18,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _common(t)
     t.add_argument("--out", required=True, help="decoder folder (decoder.json, decoder.pt, state.pt, samples/)")
     t.add_argument("--config", default="cpu", help="cpu, gpu or a YAML file (default: cpu)")
-    t.add_argument("--size", type=int, default=None, help="decoder resolution in pixels (default: the config's)")
-    t.add_argument("--max-steps", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=None, help="images per step")
-    t.add_argument("--max-samples", type=int, default=None, help="train on a seeded subset of this many images")
+    t.add_argument("--size", type=positive_int, default=None, help="decoder resolution in pixels (default: the config's)")
+    t.add_argument("--max-steps", type=positive_int, default=None)
+    t.add_argument("--batch-size", type=positive_int, default=None, help="images per step")
+    t.add_argument("--max-samples", type=positive_int, default=None, help="train on a seeded subset of this many images")
     t.add_argument("--condition", choices=["region", "image"], default=None,
                    help="region: pooled target block (default); image: pooled whole image")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -28,11 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument("--decoder", required=True, help="a folder written by `jepa-eval decoder train`")
     v.add_argument("--out", required=True, help="figure file (.png)")
     v.add_argument("--split", default="test")
-    v.add_argument("--n-images", type=int, default=4)
-    v.add_argument("--n-samples", type=int, default=3)
-    v.add_argument("--n-targets", type=int, default=1, help="target blocks shown per image (one row each)")
-    v.add_argument("--ddim-steps", type=int, default=50)
-    v.add_argument("--panel", type=int, default=None, help="panel size in pixels (default: max(96, encoder size))")
+    v.add_argument("--n-images", type=positive_int, default=4)
+    v.add_argument("--n-samples", type=positive_int, default=3)
+    v.add_argument("--n-targets", type=positive_int, default=1, help="target blocks shown per image (one row each)")
+    v.add_argument("--ddim-steps", type=positive_int, default=50)
+    v.add_argument("--panel", type=positive_int, default=None, help="panel size in pixels (default: max(96, encoder size))")
     v.add_argument("--seed", type=int, default=0)
 
 

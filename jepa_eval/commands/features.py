@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..config_io import positive_int
+
 HELP = "extract and cache features of a dataset split"
 
 
@@ -14,8 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", choices=["target", "context"], default="target")
     p.add_argument("--pooling", default="lastPOOL", help="lastPOOL, concatPOOL4 or tokens")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
-    p.add_argument("--max-samples", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-samples", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--cache", default=None, help="feature cache folder")
 
 

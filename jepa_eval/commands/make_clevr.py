@@ -5,20 +5,22 @@ import argparse
 import os
 import time
 
+from ..config_io import nonnegative_int, positive_int
+
 NAME = "make-clevr"
 HELP = "render a CLEVR-format scene dataset (numpy, no Blender) for clevr-count / clevr-dist"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder; becomes a CLEVR_v1.0-style root")
-    p.add_argument("--n-train", type=int, default=2000, help="scenes in the train split")
-    p.add_argument("--n-val", type=int, default=500,
+    p.add_argument("--n-train", type=positive_int, default=2000, help="scenes in the train split")
+    p.add_argument("--n-val", type=nonnegative_int, default=500,
                    help="scenes in the val split (the clevr-* datasets' test split, like VTAB)")
-    p.add_argument("--size", type=int, default=128,
+    p.add_argument("--size", type=positive_int, default=128,
                    help="image width in pixels; height is 2/3 of it (CLEVR's 480 x 320 aspect)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=None, help="processes (default: usable CPU cores)")
-    p.add_argument("--supersample", type=int, default=2, help="anti-aliasing: rays per pixel side (1-4)")
+    p.add_argument("--workers", type=positive_int, default=None, help="processes (default: usable CPU cores)")
+    p.add_argument("--supersample", type=positive_int, default=2, help="anti-aliasing: rays per pixel side (1-4)")
 
 
 def run(args: argparse.Namespace) -> int:

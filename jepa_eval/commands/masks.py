@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import argparse
 
+from ..config_io import positive_int
+
 HELP = "draw sample I-JEPA context/target mask blocks over images of a pretraining config (PNG)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="shipped pretraining config name or YAML path")
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--n", type=int, default=8, help="number of images")
+    p.add_argument("--n", type=positive_int, default=8, help="number of images")
     p.add_argument("--root", default=None, help="dataset folder (overrides data.root)")
     p.add_argument("--seed", type=int, default=0)
 

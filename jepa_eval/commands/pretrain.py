@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import argparse
 
+from ..config_io import positive_float, positive_int
+
 HELP = "pretrain an I-JEPA (shipped config name or YAML path); writes official-layout checkpoints"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="shipped config name (e.g. tiny-fashion-mnist) or a YAML path")
     p.add_argument("--out", required=True, help="folder for jepa-latest.pth.tar, config.yaml and train-log.csv")
-    p.add_argument("--epochs", type=int, default=None, help="override the config's epochs (schedules follow)")
-    p.add_argument("--max-steps", type=int, default=None,
+    p.add_argument("--epochs", type=positive_int, default=None, help="override the config's epochs (schedules follow)")
+    p.add_argument("--max-steps", type=positive_int, default=None,
                    help="stop after this many steps in total (schedules unchanged; --resume continues)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/jepa-latest.pth.tar")
     p.add_argument("--dataset", default=None, help="dataset name (overrides data.dataset, e.g. fashion-mnist-sample)")
@@ -25,12 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="inprocess (default; use torchrun for several GPUs), local (submitit on this machine) "
                         "or slurm (DDP job, requeued and resumed from jepa-latest.pth.tar on preemption)")
     g = p.add_argument_group("submitted jobs (--launcher local|slurm)")
-    g.add_argument("--nodes", type=int, default=1)
-    g.add_argument("--gpus-per-node", type=int, default=1, help="one DDP process per GPU")
+    g.add_argument("--nodes", type=positive_int, default=1)
+    g.add_argument("--gpus-per-node", type=positive_int, default=1, help="one DDP process per GPU")
     g.add_argument("--partition", help="SLURM partition (required for slurm)")
-    g.add_argument("--cpus-per-task", type=int, help="CPU cores per process (required for slurm)")
-    g.add_argument("--timeout-min", type=int, help="time limit in minutes (required: never defaulted)")
-    g.add_argument("--mem-gb", type=float, help="memory per node in GB (default: the partition's)")
+    g.add_argument("--cpus-per-task", type=positive_int, help="CPU cores per process (required for slurm)")
+    g.add_argument("--timeout-min", type=positive_int, help="time limit in minutes (required: never defaulted)")
+    g.add_argument("--mem-gb", type=positive_float, help="memory per node in GB (default: the partition's)")
 
 
 def run(args: argparse.Namespace) -> int:

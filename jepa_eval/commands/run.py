@@ -4,18 +4,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config_io import nonnegative_int, positive_float, positive_int
 from ..errors import UserError
 
 HELP = "run a battery of tasks on one or more checkpoints"
 
 
 def parse_roots(pairs: list[str] | None) -> dict[str, str]:
+    """``--root DATASET=PATH`` pairs. The name must be a known dataset and the path must exist: a root
+    the user gave is never silently replaced by another copy of the data."""
+    from ..battery import check_dataset_names
     roots = {}
     for pair in pairs or []:
         if "=" not in pair:
             raise UserError(f"--root expects DATASET=PATH, got '{pair}'")
         name, path = pair.split("=", 1)
-        roots[name] = path
+        check_dataset_names([name], f"--root {pair}")
+        if not path or not Path(path).expanduser().exists():
+            raise UserError(f"--root {pair}: folder not found: {path or '(empty)'}")
+        roots[name] = str(Path(path).expanduser())
     return roots
 
 
@@ -35,11 +42,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(local) or as SLURM job arrays (slurm); see `jepa-eval status DIR`")
     g = p.add_argument_group("submitted jobs (--launcher local|slurm)")
     g.add_argument("--partition", help="SLURM partition (required for slurm)")
-    g.add_argument("--gpus-per-task", type=int, help="GPUs per job (required for slurm; 0 for none)")
-    g.add_argument("--cpus-per-task", type=int, help="CPU cores per job (required for slurm)")
-    g.add_argument("--timeout-min", type=int, help="time limit per job in minutes (required: never defaulted)")
-    g.add_argument("--array-parallelism", type=int, help="at most this many array tasks at once")
-    g.add_argument("--mem-gb", type=float, help="memory per job in GB (default: the partition's)")
+    g.add_argument("--gpus-per-task", type=nonnegative_int, help="GPUs per job (required for slurm; 0 for none)")
+    g.add_argument("--cpus-per-task", type=positive_int, help="CPU cores per job (required for slurm)")
+    g.add_argument("--timeout-min", type=positive_int, help="time limit per job in minutes (required: never defaulted)")
+    g.add_argument("--array-parallelism", type=positive_int, help="at most this many array tasks at once")
+    g.add_argument("--mem-gb", type=positive_float, help="memory per job in GB (default: the partition's)")
     g.add_argument("--wait", action="store_true", help="slurm: return only when every job has finished")
 
 

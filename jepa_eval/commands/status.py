@@ -6,6 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from ..config_io import nonnegative_int
 from ..errors import UserError
 
 HELP = "show the state of submitted jobs of a results folder (pending, running, done, failed)"
@@ -13,7 +14,7 @@ HELP = "show the state of submitted jobs of a results folder (pending, running, 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", metavar="DIR", help="the results folder given to `jepa-eval run --out`")
-    p.add_argument("--lines", type=int, default=8, help="log lines shown per failed job (default: 8)")
+    p.add_argument("--lines", type=nonnegative_int, default=8, help="log lines shown per failed job (default: 8)")
     p.add_argument("--json", action="store_true", help="print one JSON object per job instead of a table")
     p.add_argument("--wait", action="store_true", help="return only when no job is pending or running")
 

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..config_io import nonnegative_float, positive_float
 from ..errors import UserError
 
 HELP = "evaluate a pretraining run's jepa-ep{N} checkpoints as they appear and keep a report up to date"
@@ -24,8 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", default=None, help="report folder to refresh (default: OUT/report)")
     p.add_argument("--encoder", choices=["target", "context", "both"], default="target")
     p.add_argument("--latest", action="store_true", help="also evaluate jepa-latest.pth.tar each time it changes")
-    p.add_argument("--interval", type=float, default=60.0, help="seconds between scans (default 60)")
-    p.add_argument("--settle", type=float, default=5.0,
+    p.add_argument("--interval", type=positive_float, default=60.0, help="seconds between scans (default 60)")
+    p.add_argument("--settle", type=nonnegative_float, default=5.0,
                    help="a file must keep its size and mtime this many seconds before it is read (default 5)")
     p.add_argument("--once", action="store_true", help="scan once, evaluate what is complete, exit")
     p.add_argument("--root", action="append", metavar="DATASET=PATH", help="data folder for a dataset")

@@ -65,7 +65,9 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _fashion_dirs(root: str | None) -> list[Path]:
-    dirs = [Path(root)] if root else []
+    if root:  # a root the user gave is the only place looked in: never silently another copy
+        return [Path(root)]
+    dirs = []
     if os.environ.get("JEPA_EVAL_DATA"):
         dirs.append(Path(os.environ["JEPA_EVAL_DATA"]) / "fashion-mnist")
     dirs.append(Path("/usr/share/datasets/fashion-mnist"))
@@ -118,19 +120,37 @@ class FolderDataset(ImageDataset):
         return [p.name for p in self.files]
 
 
+def _class_dirs(base: Path) -> list[str]:
+    return sorted(p.name for p in base.iterdir() if p.is_dir())
+
+
 @register_dataset("imagefolder")
 def imagefolder(root: str | None = None, split: str = "train") -> ImageDataset:
-    """ImageNet layout: ``root/{train,val}/<class>/<image>``."""
+    """ImageNet layout: ``root/{train,val}/<class>/<image>``.
+
+    Labels come from ONE class index for every split: the class folders of ``root/train`` (or of the
+    split itself when there is no ``train/``). A split may lack classes (its labels stay right) but may
+    not hold classes the index lacks: per-split indices would shift every label of a split missing one
+    class and record a wrong number without any error."""
     if not root:
         raise UserError("dataset 'imagefolder' needs a root folder (root/train/<class>/..., root/val/...)")
     base = Path(root) / split
     if not base.is_dir():
         raise UserError(f"imagefolder split folder not found: {base}")
-    classes = sorted(p.name for p in base.iterdir() if p.is_dir())
+    index_dir = Path(root) / "train" if (Path(root) / "train").is_dir() else base
+    classes = _class_dirs(index_dir)
     if not classes:
-        raise UserError(f"no class folders in {base}")
+        raise UserError(f"no class folders in {index_dir}")
+    here = _class_dirs(base)
+    extra = [c for c in here if c not in set(classes)]
+    if extra:
+        raise UserError(f"imagefolder split {base} has class folder(s) that {index_dir} lacks: "
+                        f"{', '.join(extra[:5])}; labels must come from one class index, so add them to "
+                        f"{index_dir.name}/ or remove them")
     files, targets, empty = [], [], []
     for label, cls in enumerate(classes):
+        if cls not in here:
+            continue   # absent from this split: the other classes keep their labels
         found = sorted(p for p in (base / cls).iterdir() if p.suffix.lower() in IMAGE_EXTS)
         if not found:
             empty.append(cls)
@@ -139,4 +159,5 @@ def imagefolder(root: str | None = None, split: str = "train") -> ImageDataset:
     if empty:
         raise UserError(f"class folder(s) without images in {base}: {', '.join(empty[:5])}")
     return FolderDataset(files, targets, classes, {"dataset": "imagefolder", "split": split,
-                                                    "root": str(base.resolve()), "n": len(files)})
+                                                    "root": str(base.resolve()), "n": len(files),
+                                                    "class_index": str(index_dir.resolve())})

@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
 from pretrain.masks import MaskConfig, MultiBlockMaskCollator
 
+from ..atomic import atomic_torch_save
+from ..config_io import from_dict, read_yaml
 from ..errors import UserError
 from .features import conditioning_batch
 from .model import DecoderSpec, RCDMDecoder, UNetConfig, save_decoder
@@ -45,6 +45,45 @@ class TrainConfig:
     num_workers: int = 0
     seed: int = 0
 
+    def validate(self) -> str | None:
+        counts = {k: getattr(self, k) for k in ("batch_size", "max_steps", "sample_every", "save_every",
+                                                "ddim_steps", "grid_size")}
+        bad = [k for k, v in counts.items() if v < 1]
+        if bad:
+            return f"{bad[0]} must be >= 1, got {counts[bad[0]]}"
+        if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip <= 0:
+            return "lr and grad_clip must be positive and weight_decay >= 0"
+        if not 0 <= self.ema_decay < 1:
+            return f"ema_decay must be in [0, 1), got {self.ema_decay}"
+        if self.warmup_steps < 0 or self.num_workers < 0:
+            return "warmup_steps and num_workers must be >= 0"
+        return None if self.max_samples is None or self.max_samples >= 1 else "max_samples must be >= 1 or null"
+
+
+@dataclass
+class DiffusionConfig:
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+
+    def validate(self) -> str | None:
+        return None if self.num_train_timesteps >= 2 else "num_train_timesteps must be >= 2"
+
+
+@dataclass
+class DecoderFile:
+    """The decoder YAML's layout (checked by the shared loader; becomes a ``DecoderConfig``)."""
+    size: int = 32
+    condition: str = "region"
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    masks: MaskConfig = field(default_factory=MaskConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+    def validate(self) -> str | None:
+        if self.condition not in ("region", "image"):
+            return f"condition must be 'region' or 'image', not '{self.condition}'"
+        return None if self.size >= 8 else f"size must be >= 8 pixels, got {self.size}"
+
 
 @dataclass
 class DecoderConfig:
@@ -57,16 +96,6 @@ class DecoderConfig:
     beta_schedule: str = "squaredcos_cap_v2"
 
 
-def _make(cls: type, d: dict | None, where: str) -> Any:
-    d = dict(d or {})
-    unknown = set(d) - {f.name for f in fields(cls)}
-    if unknown:
-        raise UserError(f"unknown keys in decoder config [{where}]: {', '.join(sorted(unknown))}")
-    if cls is MaskConfig:
-        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-    return cls(**d)
-
-
 def load_config(name_or_path: str = "cpu", **overrides: Any) -> DecoderConfig:
     """A packaged config (``cpu``, ``gpu``) or a YAML file; ``overrides`` replace train/top-level keys."""
     path = CONFIG_DIR / f"{name_or_path}.yaml"
@@ -76,35 +105,23 @@ def load_config(name_or_path: str = "cpu", **overrides: Any) -> DecoderConfig:
         names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise UserError(f"decoder config '{name_or_path}' is neither a packaged config ({', '.join(names)}) "
                         f"nor a file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"unreadable decoder config {path}: {e}") from None
-    unknown = set(raw) - {"size", "condition", "unet", "train", "masks", "diffusion"}
-    if unknown:
-        raise UserError(f"unknown keys in decoder config {path}: {', '.join(sorted(unknown))}")
-    train = _make(TrainConfig, raw.get("train"), "train")
-    for k, v in overrides.items():
-        if v is not None and k not in ("size", "condition"):
-            setattr(train, k, v)
-    diffusion = raw.get("diffusion") or {}
-    cfg = DecoderConfig(size=int(overrides.get("size") or raw.get("size", 32)),
-                        condition=overrides.get("condition") or raw.get("condition", "region"),
-                        unet=_make(UNetConfig, raw.get("unet"), "unet"), train=train,
-                        masks=_make(MaskConfig, raw.get("masks"), "masks"),
-                        num_train_timesteps=int(diffusion.get("num_train_timesteps", 1000)),
-                        beta_schedule=str(diffusion.get("beta_schedule", "squaredcos_cap_v2")))
-    if cfg.condition not in ("region", "image"):
-        raise UserError(f"condition must be 'region' or 'image', not '{cfg.condition}'")
-    if train.max_steps < 1 or train.batch_size < 1:
-        raise UserError("max_steps and batch_size must be positive")
-    return cfg
+    raw = read_yaml(path, "decoder config") or {}
+    where = f"decoder config {path.name}"
+    cli = {k: v for k, v in overrides.items() if v is not None}
+    raw = dict(raw) if isinstance(raw, dict) else raw
+    if isinstance(raw, dict):   # the command line's values replace the file's and are checked the same way
+        raw.update({k: cli[k] for k in ("size", "condition") if k in cli})
+        train = {k: v for k, v in cli.items() if k not in ("size", "condition")}
+        if train:
+            raw["train"] = {**(raw.get("train") or {}), **train}
+    f = from_dict(DecoderFile, raw, where)
+    return DecoderConfig(size=f.size, condition=f.condition, unet=f.unet, train=f.train, masks=f.masks,
+                         num_train_timesteps=f.diffusion.num_train_timesteps,
+                         beta_schedule=f.diffusion.beta_schedule)
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(obj, path)
 
 
 @torch.no_grad()

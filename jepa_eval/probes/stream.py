@@ -3,13 +3,13 @@
 atomic epoch checkpoints."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_torch_save
 from ..errors import UserError
 
 
@@ -96,9 +96,7 @@ def epoch_batches(x: np.ndarray, y: np.ndarray, rows: np.ndarray, batch_size: in
 def save_state(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` through a temporary file and an atomic rename (a crash never leaves half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(state, path, after="the last saved epoch is kept; free space and rerun to resume")
 
 
 def load_state(path: Path | None, config: dict[str, Any]) -> dict[str, Any] | None:

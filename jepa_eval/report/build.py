@@ -28,8 +28,13 @@ class ReportPaths:
 
 def _write(path: Path, data: str | bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
-    os.replace(tmp, path)  # a browser refreshing the report never sees half a file
+    try:
+        tmp.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+        os.replace(tmp, path)  # a browser refreshing the report never sees half a file
+    except OSError as e:  # disk full, quota: the previous report file stays whole
+        tmp.unlink(missing_ok=True)
+        from ..errors import write_error
+        raise write_error(path, e, "the report file", "the previous report is kept; rerun to rewrite it") from None
 
 
 def _remove_stale_temp_files(folders: Iterable[Path]) -> None:

@@ -11,6 +11,7 @@ from ..task import Task, TaskResult, probe_config, register_task
 @register_task("attentive")
 class AttentiveTask(Task):
     poolings = ("tokens",)
+    classification = True
 
     @dataclass
     class Params(AttentiveConfig):          # the probe's own fields, plus the task's

@@ -11,6 +11,7 @@ from ..task import Task, TaskResult, register_task
 @register_task("knn")
 class KNNTask(Task):
     poolings = ("lastPOOL",)
+    classification = True
 
     @dataclass
     class Params:
@@ -24,6 +25,12 @@ class KNNTask(Task):
             if self.backend not in BACKENDS:
                 return f"backend must be one of {', '.join(BACKENDS)}"
             return None if self.temperature > 0 else "temperature must be positive"
+
+    def check(self, sizes: dict[str, int], class_counts: dict[str, list[int]]) -> str | None:
+        n = sizes.get("train", 0)
+        too_big = [k for k in self.params.ks if k > n]
+        return (f"ks {too_big} exceed the {n} training images (top1_k{too_big[0]} would be computed with "
+                f"k={n}); lower them or use more training images") if too_big else None
 
     def run(self, ctx) -> TaskResult:
         pooling = ctx.poolings[0]

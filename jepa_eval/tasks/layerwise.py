@@ -23,6 +23,7 @@ def _linear_top1(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
 class LayerwiseTask(Task):
     """Accuracy of every transformer block's mean-pooled output (blocksPOOL features)."""
     poolings = ("blocksPOOL",)
+    classification = True
 
     @dataclass
     class Params:
@@ -37,6 +38,12 @@ class LayerwiseTask(Task):
             if self.k < 1 or self.temperature <= 0 or self.C <= 0:
                 return "k, temperature and C must be positive"
             return None
+
+    def check(self, sizes: dict[str, int], class_counts: dict[str, list[int]]) -> str | None:
+        n = sizes.get("train", 0)   # the same rule as the k-NN task: refused, never clamped
+        if self.params.probe == "knn" and self.params.k > n:
+            return f"k {self.params.k} exceeds the {n} training images; lower it or use more training images"
+        return None
 
     def run(self, ctx) -> TaskResult:
         from ..errors import UserError

@@ -73,6 +73,7 @@ def view_batches(ctx, poolings: list[str], n_views: int, cfg: LinearConfig, trai
 @register_task("linear")
 class LinearTask(Task):
     poolings = ("lastPOOL", "concatPOOL4")
+    classification = True
 
     @dataclass
     class Params:

@@ -14,6 +14,7 @@ from ..task import Task, TaskResult, register_task
 @register_task("lowshot")
 class LowShotTask(Task):
     poolings = ("lastPOOL",)
+    classification = True
 
     @dataclass
     class Params:
