@@ -11,7 +11,8 @@ encoder-sized image and resampled to ``size``, and samples are resampled back in
     jepa-eval decoder visualize --checkpoint CK --decoder runs/dec --dataset fashion-mnist --out fig.png
 """
 from .model import DecoderSpec, RCDMDecoder, UNetConfig, load_decoder, save_decoder
-from .train import DecoderConfig, TrainConfig, ddim_sample, load_config, train_decoder
+from .diffusion import ddim_sample
+from .train import DecoderConfig, TrainConfig, load_config, train_decoder
 
 __all__ = ["DecoderSpec", "RCDMDecoder", "UNetConfig", "load_decoder", "save_decoder", "DecoderConfig",
            "TrainConfig", "ddim_sample", "load_config", "train_decoder"]
