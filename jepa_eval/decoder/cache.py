@@ -1,7 +1,8 @@
 """Representations extracted once: the target encoder runs over the training images a single time and
 the decoder trains from this file (``reps.npz`` in the decoder folder), never running the encoder.
 
-Arrays: ``pixels`` uint8 [N, C, h, w] at the encoder's input size (C = 1 when every image is gray),
+Arrays: ``pixels`` uint8 [N, C, h, w] at the encoder's input size, or at the decoder's when that is
+smaller (224-px ImageNet images would not fit in memory), C = 1 when every image is gray;
 ``labels`` [N], ``pooled`` float32 [N, D] (lastPOOL: mean of the final-norm tokens), and in region mode
 ``tokens`` float16 [N, T, D] so that any block can be pooled later. ``key`` names checkpoint and data."""
 from __future__ import annotations
@@ -18,10 +19,10 @@ import torch.nn.functional as F
 from .features import to_unit
 
 
-def cache_key(ck: Any, dataset: Any, with_tokens: bool) -> str:
+def cache_key(ck: Any, dataset: Any, with_tokens: bool, size: int) -> str:
     return json.dumps({"checkpoint_sha256": ck.meta.get("sha256"), "dataset": getattr(dataset, "identity", {}),
                        "transform": getattr(dataset, "transform_id", None), "n": len(dataset),
-                       "tokens": with_tokens}, sort_keys=True, default=str)
+                       "tokens": with_tokens, "size": size}, sort_keys=True, default=str)
 
 
 def is_gray(unit: torch.Tensor, tol: float = 2e-3) -> bool:
@@ -41,10 +42,10 @@ def to_uint8(unit: torch.Tensor, channels: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def build_cache(ck: Any, dataset: Any, path: Path, device: str, with_tokens: bool, batch: int = 256,
+def build_cache(ck: Any, dataset: Any, path: Path, device: str, with_tokens: bool, size: int, batch: int = 256,
                 log: Any = print) -> dict[str, np.ndarray]:
-    """Load ``path`` when it was built from the same checkpoint and data, else build and write it."""
-    key = cache_key(ck, dataset, with_tokens)
+    """Load ``path`` when it was built from the same checkpoint, data and decoder size, else build it."""
+    key = cache_key(ck, dataset, with_tokens, size)
     if path.is_file():
         with np.load(path) as z:
             if str(z["key"]) == key:
@@ -54,6 +55,8 @@ def build_cache(ck: Any, dataset: Any, path: Path, device: str, with_tokens: boo
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False)
     for images, y in loader:
         unit = to_unit(images)
+        if unit.shape[-1] > size or unit.shape[-2] > size:
+            unit = F.interpolate(unit, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         pixels.append(unit)
         tok, pool = encode_images(encoder, images.to(device))
         pooled.append(pool.float().cpu())

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pretrain.masks import MaskConfig, MultiBlockMaskCollator
 
@@ -58,6 +59,14 @@ def pick_images(dataset: Any, n: int, seed: int) -> tuple[torch.Tensor, np.ndarr
     return torch.stack([x for x, _ in items]), np.array([y for _, y in items], dtype=np.int64)
 
 
+def real_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Encoder-sized normalized images -> [0, 1] at the decoder's resolution when that is smaller."""
+    unit = to_unit(images)
+    if unit.shape[-1] > size or unit.shape[-2] > size:
+        unit = F.interpolate(unit, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return unit
+
+
 def _draw(decoder: RCDMDecoder, cond: torch.Tensor, noise: torch.Tensor, steps: int, guidance: float,
           context: torch.Tensor | None = None, batch: int = 100) -> torch.Tensor:
     outs = [ddim_sample(decoder, cond[i:i + batch], steps, guidance=guidance, noise=noise[i:i + batch],
@@ -74,10 +83,12 @@ def sample_image_mode(ck: Any, decoder: RCDMDecoder, dataset: Any, n: int, seed:
     images, labels = pick_images(dataset, n, seed)
     perm = derangement(n, seed)
     _, pooled = encode_images(ck.target_encoder.to(device).eval(), images.to(device))
-    spec, (h, w) = decoder.spec, images.shape[-2:]
+    spec = decoder.spec
+    unit = real_pixels(images, spec.size)
+    h, w = unit.shape[-2:]
     # one initial noise per image, shared by its own and its shuffled conditioning
     noise = torch.randn((n, spec.channels, spec.size, spec.size), generator=torch.Generator().manual_seed(seed))
-    out = {"images": to_uint8(to_unit(images), spec.channels).transpose(0, 2, 3, 1), "labels": labels,
+    out = {"images": to_uint8(unit, spec.channels).transpose(0, 2, 3, 1), "labels": labels,
            "perm": perm, "guidance": np.array(guidance, dtype=np.float32)}
     for g in sorted({0.0, float(guidance)}):
         suffix = "" if g == 0 else "_cfg"
@@ -117,19 +128,20 @@ def sample_predictor_mode(ck: Any, decoder: RCDMDecoder, dataset: Any, n: int, s
     images, labels = pick_images(dataset, n, seed)
     images = images.to(device)
     perm = derangement(n, seed)
-    spec, (h, w) = decoder.spec, images.shape[-2:]
+    spec, enc_size = decoder.spec, images.shape[-1]
     masks = MaskConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.extra["masks"].items()})
     c = predictor_conditions(ck, images, masks, seed)
     # the other image's target representation of the SAME block positions
     other = torch.cat([pool_tokens(c["tokens"][int(j):int(j) + 1], c["idx"][i]) for i, j in enumerate(perm)])
-    unit = to_uint8(to_unit(images), spec.channels)
+    unit = to_uint8(real_pixels(images, spec.size), spec.channels)
+    h, w = unit.shape[-2:]
     x0 = to_decoder(unit, spec.size).to(device)
-    offset, scale = box_offset(h, spec.size)
+    offset, scale = box_offset(enc_size, spec.size)
     mask = box_mask(c["boxes"], offset, scale, spec.size)
     context = inpaint_context(x0, mask)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     out = {"images": unit.transpose(0, 2, 3, 1), "labels": labels, "perm": perm,
-           "boxes": c["boxes"].round().long().cpu().numpy(),
+           "boxes": (c["boxes"] * scale).round().long().cpu().numpy(),   # in the pixels of ``images``
            "context": from_decoder(x0 * (1 - mask), h, w), "guidance": np.array(guidance, dtype=np.float32)}
     for g in sorted({0.0, float(guidance)}):
         suffix = "" if g == 0 else "_cfg"

@@ -169,12 +169,13 @@ def train_decoder(ck: Any, dataset: Any, out: str | Path, cfg: DecoderConfig, re
         raise UserError(f"masks.min_keep={cfg.masks.min_keep} exceeds the encoder's {grid}x{grid} patch grid")
     RCDMDecoder(spec)  # configuration errors (size vs levels) before the encoder pass
     t_cache = time.time()
-    cache = build_cache(ck, dataset, out / "reps.npz", device, with_tokens=region, log=log)
+    cache = build_cache(ck, dataset, out / "reps.npz", device, with_tokens=region, size=spec.size, log=log)
     t_cache = time.time() - t_cache
     spec.channels = int(cache["pixels"].shape[1])
     pixels = to_decoder(cache["pixels"], spec.size).to(device)      # [N, C, size, size] in [-1, 1]
     reps = torch.as_tensor(cache["tokens"] if region else cache["pooled"]).to(device)
     region_inputs = RegionSampler(cfg.masks, enc_size, patch, spec.size, tc.seed) if region else None
+    # pixels were stored at min(encoder, decoder) size; boxes map from encoder pixels either way
 
     torch.manual_seed(tc.seed)  # decoder init
     model = RCDMDecoder(spec).to(device)
