@@ -202,3 +202,23 @@ def test_config_mistakes(tmp_path):
     ck = load_checkpoint(TIMM)
     with pytest.raises(UserError, match="divisible by 4"):
         train_decoder(ck, get_dataset("digits", image_size=32, max_samples=4), tmp_path / "o", load_config(str(odd)))
+
+
+def test_demo_decoder_path_and_the_demo_checks_its_checkpoint(tmp_path, monkeypatch, official):
+    import jepa_eval.assets as assets
+    from jepa_eval.checkpoint import sha256_file
+    from jepa_eval.demo import shipped_decoder
+    monkeypatch.setattr(assets, "DEMO_DECODER_DIR", tmp_path / "dd")
+    with pytest.raises(UserError, match="missing"):
+        assets.demo_decoder_path()
+    with pytest.raises(UserError, match="mode"):
+        assets.demo_decoder_path("pixels")
+    assert shipped_decoder(official, "image") is None
+    folder = tmp_path / "dd" / "image"
+    folder.mkdir(parents=True)
+    (folder / "decoder.pt").write_bytes(b"")
+    (folder / "decoder.json").write_text(json.dumps({"extra": {"checkpoint_sha256": sha256_file(official)}}))
+    assert assets.demo_decoder_path() == folder and shipped_decoder(official, "image") == folder
+    # a decoder of another (e.g. retrained) checkpoint is not used for the figure
+    (folder / "decoder.json").write_text(json.dumps({"extra": {"checkpoint_sha256": "0" * 64}}))
+    assert shipped_decoder(official, "image") is None
