@@ -91,7 +91,9 @@ def run(ck, decoder, folder: Path, ds, clf, n: int, seed: int, ddim_steps: int, 
         labels, perm = a["labels"], a["perm"]
         images, _ = pick_images(ds, n, seed)
         pooled = ck.target_encoder(images).mean(1).numpy()
-        kinds = [("", "cond_true", "cond_other")] + ([("cfg_", "cond_true_cfg", "cond_other_cfg")] if guidance else [])
+        kinds = [("", "cond_true", "cond_other")]
+        if guidance:
+            kinds.append(("cfg_", "cond_true_cfg", "cond_other_cfg"))
         for pre, own, other in kinds:
             res[pre + "agreement_own"] = agreement(clf, a[own], labels)
             res[pre + "agreement_shuffled"] = agreement(clf, a[other], labels)

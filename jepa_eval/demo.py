@@ -101,7 +101,8 @@ def run(out: Path, report: Path, quick: bool = False) -> dict:
     decoder = out / "decoder"
     # a short run shows the command; a few hundred CPU steps do not learn enough to draw from
     _call("decoder", "train", "--checkpoint", ck, "--dataset", data, "--out", decoder, "--config", "cpu",
-          "--max-steps", 5 if quick else 30, "--max-samples", 500 if quick else 2000, *(["--resume"] if (decoder / "state.pt").exists() else []))
+          "--max-steps", 5 if quick else 30, "--max-samples", 500 if quick else 2000,
+          *(["--resume"] if (decoder / "state.pt").exists() else []))
     figures = []
     for mode, name, caption in (
             ("image", "decoder-image.png", "What the representation knows: per row a test image, samples "

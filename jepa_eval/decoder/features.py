@@ -2,9 +2,8 @@
 
 ``region`` mode (the I-JEPA setting): for a target block of the pretraining mask collator, the
 target encoder's tokens of that block are average-pooled into the conditioning vector and the block's
-bounding box is what the decoder learns to fill. ``image`` mode pools all tokens and draws the whole image. In region mode the decoder inpaints: it
-sees the image with the target box blanked plus the box mask (``inpaint_context``) and is conditioned on
-the pooled representation of the block."""
+bounding box is what the decoder learns to fill: it sees the image with the box blanked plus the box mask
+(``inpaint_context``). ``image`` mode pools all tokens and draws the whole image."""
 from __future__ import annotations
 
 import torch

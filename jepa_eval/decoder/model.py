@@ -78,7 +78,8 @@ class RCDMDecoder(nn.Module):
         self.spec = spec
         extra = spec.channels + 1 if spec.condition == "region" else 0
         self.unet = UNet2DModel(
-            sample_size=spec.size, in_channels=spec.channels + extra, out_channels=spec.channels, block_out_channels=u.block_out_channels,
+            sample_size=spec.size, in_channels=spec.channels + extra, out_channels=spec.channels,
+            block_out_channels=u.block_out_channels,
             layers_per_block=u.layers_per_block, down_block_types=down, up_block_types=up,
             norm_num_groups=u.norm_num_groups, class_embed_type="identity", resnet_time_scale_shift="scale_shift")
         time_dim = u.block_out_channels[0] * 4  # diffusers' default time_embed_dim
