@@ -1,14 +1,17 @@
-"""Decoder sanity: does a sample carry its conditioning representation?
+"""Decoder sanity: do the samples carry what their conditioning representation knows?
 
-On held-out images, a target block is decoded twice from the same initial noise: conditioned on the true
-target representation of that block, and on another image's representation of the same block. Each sample
-is pasted into the real image's box and re-encoded; in the target encoder's own feature space, the
-pooled block representation of the true-conditioned sample should be closer to the real one. Prints
-ratio = mean d(true-conditioned) / mean d(other-conditioned) (< 1 means the decoder uses its conditioning)
-and writes benchmarks/results/decoder/sanity.json.
+Draws ``jepa-eval decoder sample`` arrays (fixed seed) and reports, for the decoder's mode:
+- label agreement: the class an independent pixel classifier (logistic regression on training-split
+  pixels; its own test accuracy is reported) gives each sample, against the source image's label;
+- the same for the shuffled control (conditioned on another image's representation);
+- d(own)/d(other): mean pixel distance of own-conditioned samples to their image over that of the
+  control's samples to the same image (inside the box in predictor mode); < 1 means the condition is used;
+- a nearest-neighbour ceiling: the label agreement of the training image whose representation (the
+  decoder's reps.npz) is closest, by cosine, to the condition.
+Predictor mode reports all of it for samples from the predictor's output and from the true target
+representation. Writes benchmarks/results/decoder/sanity-<mode>.json.
 
-    python benchmarks/decoder_sanity.py --checkpoint CK --decoder DIR --dataset fashion-mnist
-    # a random-init official-layout checkpoint (no pretrained weights needed): --checkpoint random:PATH
+    python benchmarks/decoder_sanity.py --checkpoint CK --decoder DIR [--dataset fashion-mnist] [--n 200]
 """
 from __future__ import annotations
 
@@ -18,98 +21,147 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jepa_eval.checkpoint import load_checkpoint  # noqa: E402
 from jepa_eval.datasets import get_dataset  # noqa: E402
-from jepa_eval.decoder import ddim_sample, load_decoder  # noqa: E402
-from jepa_eval.decoder.features import (block_boxes, crop_boxes, from_unit, paste_boxes, pool_tokens,  # noqa: E402
-                                        to_unit)
-from jepa_eval.models import JEPAPredictor, build_encoder  # noqa: E402
-from pretrain.masks import MaskConfig, MultiBlockMaskCollator  # noqa: E402
+from jepa_eval.decoder import load_decoder  # noqa: E402
+from jepa_eval.decoder.cache import to_uint8  # noqa: E402
+from jepa_eval.decoder.features import pool_tokens, to_unit  # noqa: E402
+from jepa_eval.decoder.sample import pick_images, predictor_conditions  # noqa: E402
+from jepa_eval.decoder.sample import sample_image_mode, sample_predictor_mode  # noqa: E402
+from pretrain.masks import MaskConfig  # noqa: E402
 
 
-def random_official_checkpoint(path: Path, img_size: int = 32, patch: int = 4, width: int = 192, depth: int = 4,
-                               pred_width: int = 96, pred_depth: int = 2, seed: int = 0) -> Path:
-    """A random-init checkpoint in the official layout ({encoder, predictor, target_encoder} with
-    ``module.`` prefixes), for measuring the decoder without pretrained weights."""
-    torch.manual_seed(seed)
-    enc = build_encoder(width, depth, patch, img_size)
-    pred = JEPAPredictor((img_size // patch) ** 2, width, pred_width, pred_depth, num_heads=enc.blocks[0].attn.num_heads)
-    sd = lambda m: {f"module.{k}": v for k, v in m.state_dict().items()}  # noqa: E731
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"encoder": sd(enc), "predictor": sd(pred), "target_encoder": sd(enc), "epoch": 0}, path)
-    return path
+def pixel_classifier(dataset: str, root: str | None, size: int, channels: int, n_train: int, n_test: int,
+                     seed: int = 0) -> tuple[object, float]:
+    """Logistic regression on raw training pixels (independent of the encoder), and its test accuracy."""
+    from sklearn.linear_model import LogisticRegression
+
+    def arrays(split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        ds = get_dataset(dataset, root, split=split, image_size=size, max_samples=n, seed=seed)
+        x, y = zip(*(ds[i] for i in range(len(ds))))
+        return flat(to_uint8(to_unit(torch.stack(x)), channels).transpose(0, 2, 3, 1)), np.array(y)
+
+    xtr, ytr = arrays("train", n_train)
+    xte, yte = arrays("test", n_test)
+    clf = LogisticRegression(max_iter=300, C=0.05).fit(xtr, ytr)
+    return clf, float((clf.predict(xte) == yte).mean())
+
+
+def flat(a: np.ndarray) -> np.ndarray:
+    return a.reshape(len(a), -1).astype(np.float32) / 255.0
+
+
+def agreement(clf: object, samples: np.ndarray, labels: np.ndarray) -> float:
+    return float((clf.predict(flat(samples)) == labels).mean())
+
+
+def nn_labels(train_reps: np.ndarray, train_labels: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    a = train_reps / np.linalg.norm(train_reps, axis=1, keepdims=True)
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    return train_labels[(q @ a.T).argmax(1)]
+
+
+def dist(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    d = (a.astype(np.float32) - b.astype(np.float32)) / 255.0
+    if mask is not None:
+        d = d * mask
+    return np.sqrt((d ** 2).reshape(len(d), -1).sum(1))
+
+
+def box_masks(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
+    m = np.zeros((len(boxes), h, w, 1), dtype=np.float32)
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        m[i, y1:y2, x1:x2] = 1
+    return m
 
 
 @torch.no_grad()
-def sanity(ck, decoder, images: torch.Tensor, ddim_steps: int = 25, seed: int = 0) -> dict:
+def run(ck, decoder, folder: Path, ds, clf, n: int, seed: int, ddim_steps: int, guidance: float) -> dict:
     spec = decoder.spec
-    patch = int(ck.meta["patch_size"])
+    # the ceilings need the training representations; a shipped decoder folder carries none
+    cache = np.load(folder / "reps.npz") if (folder / "reps.npz").is_file() else None
+    res: dict = {}
+    if spec.condition == "image":
+        a = sample_image_mode(ck, decoder, ds, n, seed, ddim_steps, guidance)
+        labels, perm = a["labels"], a["perm"]
+        images, _ = pick_images(ds, n, seed)
+        pooled = ck.target_encoder(images).mean(1).numpy()
+        kinds = [("", "cond_true", "cond_other")]
+        if guidance:
+            kinds.append(("cfg_", "cond_true_cfg", "cond_other_cfg"))
+        for pre, own, other in kinds:
+            res[pre + "agreement_own"] = agreement(clf, a[own], labels)
+            res[pre + "agreement_shuffled"] = agreement(clf, a[other], labels)
+            res[pre + "shuffled_agrees_with_its_source"] = agreement(clf, a[other], labels[perm])
+            res[pre + "ratio_d_own_d_other"] = float(dist(a[own], a["images"]).mean() / dist(a[other], a["images"]).mean())
+        res["nn_ceiling"] = None if cache is None else \
+            float((nn_labels(cache["pooled"], cache["labels"], pooled) == labels).mean())
+        res["real_images_agreement"] = agreement(clf, a["images"], labels)
+        return res
+    a = sample_predictor_mode(ck, decoder, ds, n, seed, ddim_steps, guidance)
+    labels = a["labels"]
+    h, w = a["images"].shape[1:3]
+    m = box_masks(a["boxes"], h, w)
+    d_other = dist(a["from_other"], a["images"], m).mean()
+    for name in ("from_pred", "from_true", "from_other"):
+        res[f"agreement_{name}"] = agreement(clf, a[name], labels)
+        res[f"ratio_d_{name}_d_other"] = float(dist(a[name], a["images"], m).mean() / d_other)
+    res["agreement_context_only"] = agreement(clf, a["context"], labels)
+    res["real_images_agreement"] = agreement(clf, a["images"], labels)
+    if cache is None:
+        return {**res, "nn_ceiling_pred": None, "nn_ceiling_true": None}
+    # ceilings: the training image whose representation of the same block is closest to the condition
     masks = MaskConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.extra["masks"].items()})
-    collator = MultiBlockMaskCollator(images.shape[-1], patch, masks, seed=seed + 12345)  # not the training stream
-    idx = collator.sample(len(images))[1][0]
-    enc = ck.target_encoder
-    tokens = enc(images)
-    real = pool_tokens(tokens, idx)
-    other = pool_tokens(tokens.roll(1, 0), idx)  # the next image's representation of the same block
-    boxes = block_boxes(idx, images.shape[-1] // patch, patch)
-    unit = to_unit(images)
-
-    def sample(cond: torch.Tensor) -> torch.Tensor:  # same initial noise for both conditionings
-        return ddim_sample(decoder, cond, ddim_steps, torch.Generator().manual_seed(seed)).add(1).div(2)
-
-    def reencode(crops: torch.Tensor) -> torch.Tensor:
-        return pool_tokens(enc(from_unit(paste_boxes(unit, crops, boxes))), idx)
-
-    f_true, f_other = reencode(sample(real)), reencode(sample(other))
-    # floor: the real block after the decoder-resolution round trip
-    f_roundtrip = reencode(crop_boxes(unit, boxes, spec.size))
-    d_true = (f_true - real).norm(dim=1)
-    d_other = (f_other - real).norm(dim=1)
-    d_floor = (f_roundtrip - real).norm(dim=1)
-    d_swap = (other - real).norm(dim=1)
-    return {"ratio": (d_true.mean() / d_other.mean()).item(), "win_rate": (d_true < d_other).float().mean().item(),
-            "d_true": d_true.mean().item(), "d_other": d_other.mean().item(),
-            "d_real_roundtrip": d_floor.mean().item(), "d_between_images": d_swap.mean().item(),
-            "n_images": len(images)}
+    images, _ = pick_images(ds, n, seed)
+    c = predictor_conditions(ck, images, masks, seed)
+    train_tokens = torch.as_tensor(cache["tokens"]).float()
+    for name in ("pred", "true"):
+        hits = []
+        for i, idx in enumerate(c["idx"]):
+            reps = pool_tokens(train_tokens, idx.expand(len(train_tokens), -1)).numpy()
+            hits.append(nn_labels(reps, cache["labels"], c[name][i:i + 1].numpy())[0] == labels[i])
+        res[f"nn_ceiling_{name}"] = float(np.mean(hits))
+    return res
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="checkpoint file, or random:PATH (created if missing)")
+    p.add_argument("--checkpoint", required=True)
     p.add_argument("--decoder", required=True)
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--root", default=None)
     p.add_argument("--split", default="test")
-    p.add_argument("--n-images", type=int, default=128)
-    p.add_argument("--ddim-steps", type=int, default=25)
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--ddim-steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=0.0, help="also report guided samples (w > 0)")
+    p.add_argument("--classifier-train", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "decoder" / "sanity.json"))
+    p.add_argument("--out", default=None)
     a = p.parse_args()
-    spec = a.checkpoint
-    if spec.startswith("random:"):
-        spec = spec[len("random:"):]
-        if not Path(spec).exists():
-            random_official_checkpoint(Path(spec))
-    ck = load_checkpoint(spec)
-    decoder = load_decoder(a.decoder)
-    ds = get_dataset(a.dataset, a.root, split=a.split, image_size=int(ck.meta["img_size"]))
-    pick = torch.randperm(len(ds), generator=torch.Generator().manual_seed(a.seed))[:a.n_images]
-    images = torch.stack([ds[int(i)][0] for i in pick])
+    torch.set_num_threads(1)
     t0 = time.time()
-    res = sanity(ck, decoder, images, a.ddim_steps, a.seed)
-    res.update(checkpoint=str(a.checkpoint), decoder=str(a.decoder), dataset=a.dataset, split=a.split,
-               ddim_steps=a.ddim_steps, seconds=round(time.time() - t0, 1),
-               decoder_steps=_steps(Path(a.decoder)))
-    print(f"ratio d(true)/d(other) = {res['ratio']:.3f}  (true closer on {100 * res['win_rate']:.0f}% of "
-          f"{res['n_images']} images; d_true {res['d_true']:.3f}, d_other {res['d_other']:.3f}, "
-          f"real round trip {res['d_real_roundtrip']:.3f})")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
-    print(f"-> {a.out}")
+    ck = load_checkpoint(a.checkpoint)
+    decoder = load_decoder(a.decoder)
+    size = int(ck.meta["img_size"])
+    clf, clf_acc = pixel_classifier(a.dataset, a.root, size, decoder.spec.channels, a.classifier_train, 2000)
+    ds = get_dataset(a.dataset, a.root, split=a.split, image_size=size)
+    res = run(ck, decoder, Path(a.decoder), ds, clf, a.n, a.seed, a.ddim_steps, a.guidance)
+    mode = "predictor" if decoder.spec.condition == "region" else "image"
+    res.update(mode=mode, classifier="logistic regression on pixels", classifier_train_images=a.classifier_train,
+               classifier_test_accuracy=clf_acc, n_images=a.n, seed=a.seed, ddim_steps=a.ddim_steps,
+               guidance=a.guidance, checkpoint=str(a.checkpoint), decoder=str(a.decoder), dataset=a.dataset,
+               split=a.split, decoder_steps=_steps(Path(a.decoder)), seconds=round(time.time() - t0, 1))
+    for k, v in res.items():
+        print(f"{k:38s} {v:.3f}" if isinstance(v, float) else f"{k:38s} {v}")
+    out = Path(a.out or Path(__file__).parent / "results" / "decoder" / f"sanity-{mode}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"-> {out}")
 
 
 def _steps(folder: Path) -> int | None:

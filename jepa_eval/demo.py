@@ -4,7 +4,8 @@
    rendered CLEVR-format scenes, to show that step working;
 2. the `default` battery on the shipped demo checkpoint (target and context encoders), the same
    architecture at random init, and raw pixels as a floor;
-3. the predictor visualization through a small diffusion decoder;
+3. the diffusion decoder: a short `decoder train` to show the command, and the figures drawn with the
+   decoders shipped for the demo checkpoint (``assets/demo-decoder``), which have learned;
 4. a report in reports/demo/.
 Every stage goes through the same commands a user types, so the demo exercises the real code paths."""
 from __future__ import annotations
@@ -53,6 +54,18 @@ def random_init_checkpoint(path: Path, config: str = DEMO_CONFIG, seed: int = 0)
     return path
 
 
+def shipped_decoder(checkpoint: Path, mode: str) -> Path | None:
+    """The shipped demo decoder of ``mode`` when it was trained on this checkpoint, else None."""
+    from .assets import demo_decoder_path
+    from .checkpoint import sha256_file
+    try:
+        folder = demo_decoder_path(mode)
+    except UserError:
+        return None
+    extra = json.loads((folder / "decoder.json").read_text()).get("extra", {})
+    return folder if extra.get("checkpoint_sha256") == sha256_file(Path(checkpoint)) else None
+
+
 def run(out: Path, report: Path, quick: bool = False) -> dict:
     t_start = time.time()
     timings: dict[str, float] = {}
@@ -86,21 +99,34 @@ def run(out: Path, report: Path, quick: bool = False) -> dict:
     _call("run", "--checkpoint", rand, "--checkpoint", "pixels:28", *common)
     timings["evaluate_s"] = time.time() - t
 
-    t = _stage("3/4 what the predictor sees: a small diffusion decoder on the demo checkpoint")
-    figure = report / "predictor.png"
+    t = _stage("3/4 what the representation and the predictor know: the diffusion decoder")
     report.mkdir(parents=True, exist_ok=True)
     decoder = out / "decoder"
+    # a short run shows the command; a few hundred CPU steps do not learn enough to draw from
     _call("decoder", "train", "--checkpoint", ck, "--dataset", data, "--out", decoder, "--config", "cpu",
-          "--max-steps", 20 if quick else 300, *(["--resume"] if (decoder / "state.pt").exists() else []))
-    _call("decoder", "visualize", "--checkpoint", ck, "--decoder", decoder, "--dataset", data, "--out", figure,
-          "--n-images", 4, "--n-samples", 3)
+          "--max-steps", 5 if quick else 30, "--max-samples", 500 if quick else 2000,
+          *(["--resume"] if (decoder / "state.pt").exists() else []))
+    figures = []
+    for mode, name, caption in (
+            ("image", "decoder-image.png", "What the representation knows: per row a test image, samples "
+             "decoded from its pooled representation (guidance 0 and 2), a sample from another image's "
+             "representation (the shuffled control), and that other image"),
+            ("predictor", "predictor.png", "What the predictor sees: per row the image, the context (target "
+             "box blanked), the box filled from the predictor's output, from the true target representation, "
+             "and from another image's representation of the same block (the shuffled control)")):
+        shipped = shipped_decoder(ck, mode)
+        if shipped is None and mode == "predictor":
+            continue
+        _call("decoder", "visualize", "--checkpoint", ck, "--decoder", shipped or decoder, "--dataset", data,
+              "--out", report / name, "--n-images", 4 if quick else 8, "--ddim-steps", 10 if quick else 50)
+        if shipped is None:
+            caption += " (the short demo decoder: the shipped one is missing or was trained on another checkpoint)"
+        figures.append(f"{report / name}={caption}")
     timings["decoder_s"] = time.time() - t
 
     t = _stage("4/4 the report")
-    caption = ("What the predictor sees: per row the image, the context block, the target box, samples "
-               "decoded from the predictor's output, then samples from the true target representation")
     _call("report", "--results", results, "--out", report, "--title", "jepa-eval demo",
-          "--figure", f"{figure}={caption}")
+          *[a for f in figures for a in ("--figure", f)])
     timings["report_s"] = time.time() - t
     timings["wall_s"] = time.time() - t_start
     (report / "timing.json").write_text(json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=1) + "\n")

@@ -30,6 +30,16 @@ class MaskConfig:
     kind: str = "multiblock"           # multiblock | random | single_block (the masking ablation)
 
     def validate(self) -> str | None:
+        for name in ("enc_mask_scale", "pred_mask_scale"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi <= 1:
+                return f"{name} {[lo, hi]} must be (min, max) with 0 < min <= max <= 1"
+        if not 0 < self.aspect_ratio[0] <= self.aspect_ratio[1]:
+            return f"aspect_ratio {list(self.aspect_ratio)} must be (min, max) with 0 < min <= max"
+        if self.nenc < 1 or self.npred < 1:
+            return "nenc and npred must be >= 1"
+        if self.min_keep < 0:
+            return "min_keep must be >= 0"
         if self.kind not in MASK_KINDS:
             return f"mask.kind must be one of {', '.join(MASK_KINDS)}, got '{self.kind}'"
         if self.kind == "single_block" and self.npred != 1:
@@ -40,17 +50,6 @@ class MaskConfig:
 
 
 MASK_KINDS = ("multiblock", "random", "single_block")
-
-    def validate(self) -> str | None:
-        for name in ("enc_mask_scale", "pred_mask_scale"):
-            lo, hi = getattr(self, name)
-            if not 0 < lo <= hi <= 1:
-                return f"{name} {[lo, hi]} must be (min, max) with 0 < min <= max <= 1"
-        if not 0 < self.aspect_ratio[0] <= self.aspect_ratio[1]:
-            return f"aspect_ratio {list(self.aspect_ratio)} must be (min, max) with 0 < min <= max"
-        if self.nenc < 1 or self.npred < 1:
-            return "nenc and npred must be >= 1"
-        return None if self.min_keep >= 0 else "min_keep must be >= 0"
 
 
 class MultiBlockMaskCollator:

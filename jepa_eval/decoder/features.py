@@ -1,15 +1,13 @@
 """Conditioning vectors and the pixels they describe.
 
-``region`` mode (the I-JEPA setting): for each target block of the pretraining mask collator, the
-target encoder's tokens of that block are average-pooled into the conditioning vector, and the block's
-bounding box, cut from the image and resized to the decoder's resolution, is what the decoder learns to
-draw. ``image`` mode pools all tokens and draws the whole image. The decoder's resolution is independent
-of the encoder's input size: boxes are cut from the encoder-sized image and resampled (bilinear)."""
+``region`` mode (the I-JEPA setting): for a target block of the pretraining mask collator, the
+target encoder's tokens of that block are average-pooled into the conditioning vector and the block's
+bounding box is what the decoder learns to fill: it sees the image with the box blanked plus the box mask
+(``inpaint_context``). ``image`` mode pools all tokens and draws the whole image."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torchvision.ops import roi_align
 
 from ..datasets.base import IMAGENET_MEAN, IMAGENET_STD
@@ -57,22 +55,16 @@ def paste_boxes(images: torch.Tensor, crops: torch.Tensor, boxes: torch.Tensor) 
     return out
 
 
-@torch.no_grad()
-def conditioning_batch(encoder: nn.Module, images: torch.Tensor, targets: list[torch.Tensor], patch: int,
-                       size: int, condition: str = "region") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The decoder's training pairs for a batch of encoder-sized, normalized images.
+def box_mask(boxes: torch.Tensor, offset: int, scale: float, size: int) -> torch.Tensor:
+    """[B, 1, size, size] float mask, 1 inside each encoder-pixel box mapped to decoder pixels."""
+    b = (boxes * scale + offset).round().long()
+    ys = torch.arange(size, device=boxes.device).view(1, size, 1)
+    xs = torch.arange(size, device=boxes.device).view(1, 1, size)
+    inside = (ys >= b[:, 1, None, None]) & (ys < b[:, 3, None, None]) & (xs >= b[:, 0, None, None]) \
+        & (xs < b[:, 2, None, None])
+    return inside.unsqueeze(1).float()
 
-    Returns (conditioning [M, D], pixels in [-1, 1] [M, 3, size, size], boxes [M, 4]) with M = B x number
-    of target masks in ``region`` mode (target-mask-major, like the predictor) and M = B in ``image`` mode."""
-    tokens = encoder(images)
-    unit = to_unit(images) * 2 - 1
-    if condition == "image":
-        h, w = images.shape[-2:]
-        boxes = images.new_tensor([[0, 0, w, h]]).expand(len(images), 4).float()
-        pix = F.interpolate(unit, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return tokens.mean(1), pix, boxes
-    grid_w = images.shape[-1] // patch
-    cond = torch.cat([pool_tokens(tokens, m) for m in targets])
-    boxes = torch.cat([block_boxes(m, grid_w, patch) for m in targets])
-    pix = crop_boxes(unit.repeat(len(targets), 1, 1, 1), boxes, size)
-    return cond, pix, boxes
+
+def inpaint_context(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """What the region (inpainting) decoder sees: the image with the box set to 0 (mid gray), then the mask."""
+    return torch.cat([x * (1 - mask), mask], dim=1)
