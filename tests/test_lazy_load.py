@@ -181,3 +181,34 @@ def test_hash_is_remembered_until_the_file_changes(official, tmp_path, monkeypat
     (cache / hashindex.INDEX_NAME).write_text("{not json")
     assert load_checkpoint(path, num_heads=HEADS, cache=cache).meta["sha256"] != truth
     assert len(calls) == 4
+
+
+def test_a_run_holds_one_checkpoints_weights_at_a_time(tmp_path, monkeypatch):
+    from jepa_eval import runner
+    specs = []
+    for seed in (1, 2):
+        path = tmp_path / f"run{seed}" / "jepa-latest.pth.tar"
+        path.parent.mkdir()
+        save_with_opt(path, ref.official_state_dicts(width=192, depth=1, heads=3, pred_width=48, pred_depth=1,
+                                                     seed=seed))
+        specs.append(str(path))
+    battery = tmp_path / "tiny.yaml"
+    battery.write_text("description: tiny\ntasks:\n  - {task: knn, id: knn, dataset: digits, pooling: lastPOOL,\n"
+                       "     max_samples: {train: 40, test: 20}, params: {ks: [5], temperature: 0.07}}\n")
+    seen: dict[str, object] = {}
+    held = []
+    real = runner.run_job
+
+    def spy(job, ck, **kw):
+        seen[job.spec] = ck
+        held.append(sorted(s for s, c in seen.items() if c.materialized and s != job.spec))
+        out = real(job, ck, **kw)
+        assert "target_encoder" in ck.materialized  # the job really used this checkpoint's weights
+        return out
+
+    monkeypatch.setattr(runner, "run_job", spy)
+    jobs = runner.plan(specs, str(battery), tmp_path / "out", tmp_path / "cache")
+    done = runner.run_in_process(jobs, progress=False)
+    assert len(done) == 2 and held == [[], []]  # the second checkpoint's job ran after the first was released
+    records = [json.loads(Path(p).read_text()) for p in done]
+    assert records[0]["checkpoint"]["sha256"] != records[1]["checkpoint"]["sha256"]
