@@ -269,23 +269,6 @@ def _materialize(skeleton: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Mo
     return skeleton.eval()
 
 
-def encoder_from_state_dict(sd: dict[str, torch.Tensor], what: str, num_heads: int | None,
-                            img_size: int | None = None) -> tuple[JEPAViT, dict[str, Any]]:
-    """Build the I-JEPA encoder whose shapes the state dict implies, then load it strictly."""
-    arch = encoder_arch(sd, what, num_heads, img_size)
-    model = _encoder_skeleton(arch)
-    check_strict(model, sd, what)
-    own = model.state_dict()
-    return _materialize(model, {k: v.to(dtype=own[k].dtype, copy=True) for k, v in sd.items()}), arch
-
-
-def predictor_from_state_dict(sd: dict[str, torch.Tensor], num_heads: int, what: str) -> JEPAPredictor:
-    model = _predictor_skeleton(predictor_arch(sd, num_heads, what))
-    check_strict(model, sd, what)
-    own = model.state_dict()
-    return _materialize(model, {k: v.to(dtype=own[k].dtype, copy=True) for k, v in sd.items()})
-
-
 def _parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """'timm:NAME,key=value,...' -> (NAME, {key: value}); values are parsed as YAML scalars."""
     name, *pairs = spec[len("timm:"):].split(",")
