@@ -1,7 +1,9 @@
 """One door for every checkpoint: official I-JEPA files, this suite's own runs, plain state dicts, timm.
 
-Loading is strict (missing, unexpected or mis-shaped keys are errors naming the keys) and safe
-(``torch.load(weights_only=True)``: a pickle that would run code is refused before it runs)."""
+Loading is strict (missing, unexpected or mis-shaped keys are errors naming the keys), safe
+(``torch.load(weights_only=True)``: a pickle that would run code is refused before it runs) and lazy:
+every part is validated up front through a memory map, but a part's weights are read only when it is
+first used (see ``Checkpoint`` and ``lazyload``)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,9 +12,8 @@ import os
 import pickle
 import re
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -23,14 +24,66 @@ from .errors import UserError
 from .models import HEADS_BY_WIDTH, VARIANTS, JEPAPredictor, JEPAViT, build_encoder
 
 OFFICIAL_KEYS = ("encoder", "predictor", "target_encoder")
+PARTS = ("target_encoder", "encoder", "predictor")
 
 
-@dataclass
 class Checkpoint:
-    target_encoder: nn.Module
-    encoder: nn.Module
-    predictor: nn.Module | None
-    meta: dict[str, Any] = field(default_factory=dict)
+    """The networks of one checkpoint and its ``meta`` (architecture, sha256, format, epoch).
+
+    A checkpoint file is validated when loaded (every part: keys and shapes, strictly) but no weights are
+    read then. Each part is built on first access, reading only its own tensors:
+
+    - ``target_encoder``: the EMA encoder the paper evaluates (``--encoder target``);
+    - ``encoder``: the context encoder (the same module as ``target_encoder`` when the file has only one);
+    - ``predictor``: the I-JEPA predictor, or None when the file has none.
+
+    Until accessed, a part occupies no memory; the optimizer state is never read. ``materialized`` names
+    the parts built so far; ``release()`` drops them (the next access builds them again from the same
+    file). Modules given to the constructor (timm models, tests) are simply held."""
+
+    def __init__(self, target_encoder: nn.Module | None = None, encoder: nn.Module | None = None,
+                 predictor: nn.Module | None = None, meta: dict[str, Any] | None = None, *,
+                 builders: dict[str, Callable[[], nn.Module] | str] | None = None,
+                 on_release: Callable[[], None] | None = None) -> None:
+        self.meta: dict[str, Any] = meta if meta is not None else {}
+        self._given = {k: m for k, m in zip(PARTS, (target_encoder, encoder, predictor)) if m is not None}
+        self._builders = dict(builders or {})
+        self._built: dict[str, nn.Module | None] = {}
+        self._on_release = on_release
+
+    def _part(self, name: str) -> nn.Module | None:
+        if name in self._given:
+            return self._given[name]
+        builder = self._builders.get(name)
+        if isinstance(builder, str):  # another name for the same part (a file with one encoder)
+            return self._part(builder)
+        if name not in self._built:
+            self._built[name] = builder() if builder is not None else None
+        return self._built[name]
+
+    @property
+    def target_encoder(self) -> nn.Module:
+        return self._part("target_encoder")
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self._part("encoder")
+
+    @property
+    def predictor(self) -> nn.Module | None:
+        return self._part("predictor")
+
+    @property
+    def materialized(self) -> tuple[str, ...]:
+        """The parts whose weights are in memory now."""
+        return tuple(k for k in PARTS if k in self._given or self._built.get(k) is not None
+                     or (isinstance(self._builders.get(k), str) and self._built.get(self._builders[k]) is not None))
+
+    def release(self) -> None:
+        """Drop the parts built from the file (a run holds one checkpoint's weights at a time)."""
+        self._built.clear()
+        if self._on_release is not None:
+            self._on_release()
 
     def get_encoder(self, which: str) -> nn.Module:
         if which not in ("target", "context"):
@@ -55,9 +108,8 @@ def sha256_state(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def safe_torch_load(path: str | Path) -> Any:
-    """``torch.load`` with ``weights_only=True``; user-facing errors for every way a file can be bad."""
-    path = Path(path)
+def check_checkpoint_path(path: Path) -> None:
+    """User-facing errors for a path that cannot hold a torch checkpoint (absent, a folder, not torch)."""
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
     if path.is_dir():
@@ -69,9 +121,17 @@ def safe_torch_load(path: str | Path) -> Any:
     if not head.startswith((b"PK", b"\x80")):
         what = "it is empty" if not head else f"it starts with {head!r}, not a zip archive or a pickle"
         raise UserError(f"{path} is not a PyTorch checkpoint ({what})")
+
+
+def safe_torch_load(path: str | Path, mmap: bool = False, shown: str | Path | None = None) -> Any:
+    """``torch.load`` with ``weights_only=True`` (and ``mmap`` if asked); user-facing errors for every
+    way a file can be bad. ``shown``: the name messages use (when ``path`` is a /proc/self/fd link)."""
+    path = Path(path)
+    check_checkpoint_path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
+        path = Path(shown or path)
         with open(path, "rb") as f:
             magic = f.read(2)
         if magic[:1] != b"\x80" and magic != b"PK":  # neither a pickle (protocol >= 2) nor torch's zip
@@ -83,6 +143,7 @@ def safe_torch_load(path: str | Path) -> Any:
                             f"weights_only loading forbids ({hint or 'unsafe pickle'})") from None
         raise UserError(f"{path} is not a PyTorch checkpoint (unreadable pickle: {e})") from None
     except Exception as e:  # noqa: BLE001 - any other unpickler failure means "not a checkpoint"
+        path = Path(shown or path)
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {first}") from None
 
@@ -93,6 +154,13 @@ def _strip_prefix(sd: dict[str, torch.Tensor], prefix: str = "module.") -> dict[
 
 def load_strict(module: nn.Module, sd: dict[str, Any], what: str) -> None:
     """Load every key or fail, naming what is missing, unexpected or mis-shaped."""
+    check_strict(module, sd, what)
+    module.load_state_dict(sd, strict=True)
+
+
+def check_strict(module: nn.Module, sd: dict[str, Any], what: str) -> None:
+    """``load_strict``'s checks alone: keys and shapes only, so ``sd`` may be a memory map and
+    ``module`` a skeleton on the meta device; no weight is read."""
     own = module.state_dict()
     bad_type = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     missing = sorted(set(own) - set(sd))
@@ -107,7 +175,6 @@ def load_strict(module: nn.Module, sd: dict[str, Any], what: str) -> None:
             problems.append(f"{label}: {', '.join(items[:6])}{more}")
     if problems:
         raise UserError(f"{what} does not match its architecture: " + "; ".join(problems))
-    module.load_state_dict(sd, strict=True)
 
 
 def _block_count(sd: dict[str, torch.Tensor], prefix: str) -> int:
@@ -141,9 +208,9 @@ def _heads_hint(config: dict, width: int, num_heads: int | None) -> int | None:
     return HEADS_BY_WIDTH.get(width)
 
 
-def encoder_from_state_dict(sd: dict[str, torch.Tensor], what: str, num_heads: int | None,
-                            img_size: int | None = None) -> tuple[JEPAViT, dict[str, Any]]:
-    """Build the I-JEPA encoder whose shapes the state dict implies, then load it strictly."""
+def encoder_arch(sd: dict[str, torch.Tensor], what: str, num_heads: int | None,
+                 img_size: int | None = None) -> dict[str, Any]:
+    """The I-JEPA encoder architecture a state dict implies (shapes only: no weight is read)."""
     needed = ("patch_embed.proj.weight", "pos_embed", "norm.weight")
     absent = [k for k in needed if k not in sd]
     if absent:
@@ -159,19 +226,24 @@ def encoder_from_state_dict(sd: dict[str, torch.Tensor], what: str, num_heads: i
     hidden = sd["blocks.0.mlp.fc1.weight"].shape[0] if "blocks.0.mlp.fc1.weight" in sd else 4 * width
     if num_heads is None:
         raise UserError(f"cannot infer the number of heads for width {width}; pass num_heads=")
-    train_size = grid * patch
-    model = build_encoder(width, depth, patch, train_size, num_heads, mlp_ratio=hidden / width)
-    load_strict(model, sd, what)
-    meta = dict(width=width, depth=depth, heads=num_heads, patch_size=patch, img_size=train_size,
+    meta = dict(width=width, depth=depth, heads=num_heads, patch_size=patch, img_size=grid * patch,
                 grid=grid, mlp_ratio=hidden / width)
-    if img_size and img_size != train_size:
+    if img_size and img_size != grid * patch:
         if img_size % patch:
             raise UserError(f"image size {img_size} is not divisible by the patch size {patch}")
         meta["img_size"] = img_size
-    return model.eval(), meta
+    return meta
 
 
-def predictor_from_state_dict(sd: dict[str, torch.Tensor], num_heads: int, what: str) -> JEPAPredictor:
+def _encoder_skeleton(arch: dict[str, Any]) -> JEPAViT:
+    """The encoder without storage (meta device): no random init to pay for, weights come by assignment.
+    Built at the training size; another ``img_size`` only resamples positions in the forward."""
+    with torch.device("meta"):
+        return build_encoder(arch["width"], arch["depth"], arch["patch_size"], arch["grid"] * arch["patch_size"],
+                             arch["heads"], mlp_ratio=arch["mlp_ratio"])
+
+
+def predictor_arch(sd: dict[str, torch.Tensor], num_heads: int, what: str) -> dict[str, Any]:
     needed = ("predictor_embed.weight", "predictor_pos_embed", "mask_token")
     absent = [k for k in needed if k not in sd]
     if absent:
@@ -181,10 +253,22 @@ def predictor_from_state_dict(sd: dict[str, torch.Tensor], num_heads: int, what:
         raise UserError(f"{what}: predictor width {pred_dim} is not divisible by the encoder's {num_heads} heads")
     depth = _block_count(sd, "predictor_blocks.")
     hidden = sd["predictor_blocks.0.mlp.fc1.weight"].shape[0] if depth else 4 * pred_dim
-    model = JEPAPredictor(sd["predictor_pos_embed"].shape[1], embed_dim=width, predictor_embed_dim=pred_dim,
-                          depth=depth, num_heads=num_heads, mlp_ratio=hidden / pred_dim)
-    load_strict(model, sd, what)
-    return model.eval()
+    return dict(num_patches=sd["predictor_pos_embed"].shape[1], embed_dim=width, predictor_embed_dim=pred_dim,
+                depth=depth, num_heads=num_heads, mlp_ratio=hidden / pred_dim)
+
+
+def _predictor_skeleton(arch: dict[str, Any]) -> JEPAPredictor:
+    with torch.device("meta"):
+        return JEPAPredictor(**arch)
+
+
+def _materialize(skeleton: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """Give a meta-device skeleton its weights by assignment (no second copy, no random init)."""
+    skeleton.load_state_dict(tensors, strict=True, assign=True)
+    left = [n for n, t in [*skeleton.named_parameters(), *skeleton.named_buffers()] if t.is_meta]
+    if left:  # every tensor of these modules is in the state dict; anything else is a bug here
+        raise RuntimeError(f"tensors without weights after loading: {left[:4]}")
+    return skeleton.eval()
 
 
 def _parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -293,10 +377,15 @@ def _load_pixels(spec: str, img_size: int | None) -> Checkpoint:
 
 
 def load_checkpoint(spec: str | os.PathLike, weights: str | None = None, num_heads: int | None = None,
-                    img_size: int | None = None, seed: int = 0, **timm_kwargs: Any) -> Checkpoint:
-    """Load an official I-JEPA ``.pth.tar``, this suite's checkpoint, a plain encoder state dict,
-    ``"timm:NAME[,key=value...]"`` (random init unless ``weights=PATH``; never downloads), or
-    ``"pixels[:SIZE]"`` (the flattened image, a baseline)."""
+                    img_size: int | None = None, seed: int = 0, cache: str | os.PathLike | None = None,
+                    **timm_kwargs: Any) -> Checkpoint:
+    """Load an official I-JEPA ``.pth.tar``, this suite's checkpoint, a plain encoder state dict, an
+    encoder exported by ``jepa-eval export`` (``.safetensors``), ``"timm:NAME[,key=value...]"`` (random
+    init unless ``weights=PATH``; never downloads), or ``"pixels[:SIZE]"`` (the flattened image, a baseline).
+
+    Files are validated now and their parts built on first use (see ``Checkpoint``). The file's sha256
+    is remembered in ``cache`` (a feature cache folder; default ``$JEPA_EVAL_CACHE`` or
+    ``~/.cache/jepa-eval/features``) while the file is unchanged (see ``hashindex``)."""
     spec_str = str(spec)
     if spec_str == "pixels" or spec_str.startswith("pixels:"):
         return _load_pixels(spec_str, img_size)
@@ -305,11 +394,29 @@ def load_checkpoint(spec: str | os.PathLike, weights: str | None = None, num_hea
             timm_kwargs["img_size"] = img_size
         return _load_timm(spec_str, weights, seed, **timm_kwargs)
     path = Path(spec_str).expanduser()
-    obj = safe_torch_load(path)
+    if path.suffix == ".safetensors":
+        from .export import load_export
+        return load_export(path, num_heads, img_size, cache)
+    from .lazyload import CheckpointFile
+    src = CheckpointFile(path, cache)
+    obj = src.load()  # memory-mapped: the checks below read shapes, not weights
     if not isinstance(obj, dict):
         raise UserError(f"{path} is not a checkpoint: it holds a {type(obj).__name__}, not a dict")
     config = _config_beside(path)
-    meta: dict[str, Any] = {"path": str(path.resolve()), "sha256": sha256_file(path)}
+    meta: dict[str, Any] = {"path": str(path.resolve()), "sha256": src.sha256()}
+
+    def part(select: Callable[[dict], dict], skeleton: Callable[[], nn.Module], what: str) -> Callable[[], nn.Module]:
+        check_strict(skeleton(), select(obj), what)  # strict, now; the weights are read on first use
+
+        def build() -> nn.Module:
+            try:
+                model = skeleton()
+                return _materialize(model, src.copy(select(src.load()), model.state_dict()))
+            finally:
+                src.drop()
+        return build
+
+    builders: dict[str, Callable[[], nn.Module] | str] = {}
     if any(k in obj for k in OFFICIAL_KEYS):
         wrong = [k for k in OFFICIAL_KEYS if k in obj and not (isinstance(obj[k], dict) and obj[k])]
         if wrong:
@@ -320,31 +427,42 @@ def load_checkpoint(spec: str | os.PathLike, weights: str | None = None, num_hea
         first = parts.get("target_encoder") or parts["encoder"]
         width = first["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in first else 0
         heads = _heads_hint(config, width, num_heads)
-        built = {k: encoder_from_state_dict(parts[k], f"{path.name}[{k}]", heads, img_size)
+        archs = {k: encoder_arch(parts[k], f"{path.name}[{k}]", heads, img_size)
                  for k in ("target_encoder", "encoder") if k in parts}
-        target, arch = built.get("target_encoder") or built["encoder"]
-        context = built["encoder"][0] if "encoder" in built else target
-        predictor = (predictor_from_state_dict(parts["predictor"], arch["heads"], f"{path.name}[predictor]")
-                     if "predictor" in parts else None)
+        for k, a in archs.items():
+            builders[k] = part(lambda o, k=k: _strip_prefix(o[k]), lambda a=a: _encoder_skeleton(a),
+                               f"{path.name}[{k}]")
+        arch = archs.get("target_encoder") or archs["encoder"]
+        builders.setdefault("target_encoder", "encoder")  # one encoder only: both names mean it
+        builders.setdefault("encoder", "target_encoder")
+        if "predictor" in parts:
+            p_arch = predictor_arch(parts["predictor"], arch["heads"], f"{path.name}[predictor]")
+            builders["predictor"] = part(lambda o: _strip_prefix(o["predictor"]),
+                                         lambda: _predictor_skeleton(p_arch), f"{path.name}[predictor]")
         meta.update(arch, source_format="jepa-eval" if config else "ijepa-official",
                     epoch=obj.get("epoch"), loss=_scalar(obj.get("loss")),
-                    has_target_encoder="target_encoder" in built, has_context_encoder="encoder" in built,
-                    has_predictor=predictor is not None)
+                    has_target_encoder="target_encoder" in archs, has_context_encoder="encoder" in archs,
+                    has_predictor="predictor" in builders)
         if config:
             meta["config"] = config
-        return Checkpoint(target_encoder=target, encoder=context, predictor=predictor, meta=meta)
-    # a plain state dict (possibly wrapped in 'state_dict' / 'model')
-    sd = obj.get("state_dict") or obj.get("model") or obj
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise UserError(f"{path} is neither an I-JEPA checkpoint (keys {', '.join(OFFICIAL_KEYS)}) "
-                        f"nor a state dict of tensors (found keys: {', '.join(list(obj)[:6])})")
-    sd = _strip_prefix(sd)
-    width = sd["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in sd else 0
-    enc, arch = encoder_from_state_dict(sd, path.name, _heads_hint(config, width, num_heads), img_size)
-    meta.update(arch, source_format="state_dict", epoch=None, has_target_encoder=False,
-                has_context_encoder=False, has_predictor=False,
-                note="plain state dict: target and context encoder are the same weights")
-    return Checkpoint(target_encoder=enc, encoder=enc, predictor=None, meta=meta)
+    else:  # a plain state dict (possibly wrapped in 'state_dict' / 'model')
+        def select(o: dict) -> dict:
+            return _strip_prefix(o.get("state_dict") or o.get("model") or o)
+        sd = obj.get("state_dict") or obj.get("model") or obj
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise UserError(f"{path} is neither an I-JEPA checkpoint (keys {', '.join(OFFICIAL_KEYS)}) "
+                            f"nor a state dict of tensors (found keys: {', '.join(list(obj)[:6])})")
+        sd = select(obj)
+        width = sd["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in sd else 0
+        arch = encoder_arch(sd, path.name, _heads_hint(config, width, num_heads), img_size)
+        builders = {"target_encoder": part(select, lambda: _encoder_skeleton(arch), path.name),
+                    "encoder": "target_encoder"}
+        meta.update(arch, source_format="state_dict", epoch=None, has_target_encoder=False,
+                    has_context_encoder=False, has_predictor=False,
+                    note="plain state dict: target and context encoder are the same weights")
+    del obj
+    src.drop()  # unmap until a part is needed
+    return Checkpoint(meta=meta, builders=builders, on_release=lambda: src.drop(keep_legacy=False))
 
 
 def _describe(v: Any) -> str:

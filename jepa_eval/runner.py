@@ -251,7 +251,7 @@ def extract_features(job: Job, needs: Iterable[tuple[str, str]] | None = None,
     """Fill the feature cache for one job (all its ``feature_needs`` or the given ones) without
     running its task: launchers extract once per checkpoint and split, then run the probes. The
     poolings of one role (plus what ``wanted`` lists for its split) come from one encoder pass."""
-    ck = checkpoint or load_checkpoint(job.spec)
+    ck = checkpoint or load_checkpoint(job.spec, cache=job.cache)
     ctx = job_context(job, ck, progress)
     if ctx is None:
         return []
@@ -267,7 +267,7 @@ def run_job(job: Job, checkpoint: Checkpoint | None = None, force: bool = False,
             log: Callable[[str], None] = print, wanted: dict[tuple, set[str]] | None = None) -> Path | None:
     """Run one job unless its record exists; returns the record path (None if another process has it).
     ``wanted`` (see ``shared_needs``): poolings other jobs read, extracted in the same encoder pass."""
-    ck = checkpoint or load_checkpoint(job.spec)
+    ck = checkpoint or load_checkpoint(job.spec, cache=job.cache)
     battery, entry, dataset, path, rid = resolve_job(job, ck)
     if entry is None:
         log(f"skip   {job.label}: {dataset}")  # the reason
@@ -368,8 +368,11 @@ def run_in_process(jobs: list[Job], force: bool = False, progress: bool = True) 
     for ctx, _ in pending:  # data a task cannot give a right number on fails the run before any job starts
         check_data(TASKS.get(ctx.entry.task)(ctx.entry.params), ctx)
     wanted = shared_needs(pending)
-    done = []
+    done, current = [], None
     for job in jobs:
+        if current is not None and current != job.spec:
+            loaded[current].release()  # at most one checkpoint's weights in memory at a time
+        current = job.spec
         path = run_job(job, loaded[job.spec], force=force, progress=progress,
                        log=lambda m: print(m, file=sys.stderr), wanted=wanted)
         if path is not None:

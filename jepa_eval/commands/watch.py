@@ -82,7 +82,7 @@ def scan(args: argparse.Namespace, seen: dict[Path, tuple[int, int]]) -> int:
             log(f"{path.name} is still being written; next scan")
             continue
         try:
-            ck = load_checkpoint(str(path))
+            ck = load_checkpoint(str(path), cache=args.cache)
         except UserError as e:
             log(f"{path.name} cannot be loaded yet ({e}); retried when it changes")
             seen[path] = sig

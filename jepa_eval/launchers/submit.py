@@ -59,7 +59,10 @@ class SubmititLauncher(Launcher):
         folder.mkdir(parents=True, exist_ok=True)
         jobs = [freeze_battery(replace(j, out=str(out), cache=str(Path(j.cache).expanduser().resolve())), folder)
                 for j in jobs]
-        checkpoints = {spec: load_checkpoint(spec) for spec in dict.fromkeys(j.spec for j in jobs)}
+        checkpoints = {}  # validated (no weights read: planning needs only their metadata)
+        for j in jobs:
+            if j.spec not in checkpoints:
+                checkpoints[j.spec] = load_checkpoint(j.spec, cache=j.cache)
         features, probes = plan_units(jobs, checkpoints, out, force)
         active = {r["key"]: r["job_id"] for r in job_table(out) if r["state"] in ACTIVE}
         todo_f = [u for u in features if u.key not in active]

@@ -57,7 +57,7 @@ class UnitRunner(Checkpointable):
         log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731 - job logs, one line each
         import jepa_eval
         log(f"unit   {u.kind}: {u.label} (code: {Path(jepa_eval.__file__).parent})")
-        ck = load_checkpoint(u.spec)
+        ck = load_checkpoint(u.spec, cache=u.jobs[0].cache if u.jobs else None)
         if u.kind == "features":  # one split: every pooling its jobs read comes from one encoder pass
             wanted = shared_needs((ctx, needs) for job, needs in zip(u.jobs, u.needs)
                                   if (ctx := job_context(job, ck, progress=False)) is not None)
