@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(BIN)/python -m jepa_eval.demo
 
 test: $(STAMP)
+	$(BIN)/ruff check jepa_eval pretrain benchmarks tests
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -14,7 +14,6 @@ import argparse
 import os
 import time
 
-import numpy as np
 import torch
 
 from benchmarks._common import say, table, update_results

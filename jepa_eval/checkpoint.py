@@ -11,7 +11,6 @@ import hashlib
 import os
 import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -284,7 +283,7 @@ def _parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name.strip(), kwargs
 
 
-@dataclass
+@dataclasses.dataclass
 class TimmArgs:
     """The timm arguments a spec commonly sets, typed and range-checked (others go to timm unchecked,
     and timm's own refusal becomes one line)."""
@@ -460,7 +459,7 @@ def load_checkpoint(spec: str | os.PathLike, weights: str | None = None, num_hea
         meta.update(arch, source_format="state_dict", epoch=None, has_target_encoder=False,
                     has_context_encoder=False, has_predictor=False,
                     note="plain state dict: target and context encoder are the same weights")
-    del obj
+    obj = None  # drop the mapped dict: the builders reopen the file
     src.drop()  # unmap until a part is needed
     return Checkpoint(meta=meta, builders=builders, on_release=lambda: src.drop(keep_legacy=False))
 

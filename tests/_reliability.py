@@ -26,7 +26,7 @@ def write_battery(path: Path, *entries: str) -> Path:
 
 def knn_entry(dataset: str = "digits", root: str | Path | None = None, train: int = 40, test: int = 20,
               splits: str = "", extra: str = "", entry_id: str = "") -> str:
-    lines = [f"task: knn", f"dataset: {dataset}", f"max_samples: {{train: {train}, test: {test}}}",
+    lines = ["task: knn", f"dataset: {dataset}", f"max_samples: {{train: {train}, test: {test}}}",
              "params: {ks: [5]}"]
     if entry_id:
         lines.insert(1, f"id: {entry_id}")

@@ -3,7 +3,6 @@ dict (docs/protocols.md §1). It shares no code with jepa_eval, so parity tests 
 implementations: timm's ViT with mapped weights against this one."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch

@@ -1,7 +1,6 @@
 """k-NN probe: accuracy on easy data, tiny test sets, class count from train labels, no input mutation."""
 import numpy as np
 import pytest
-import torch
 
 from jepa_eval.errors import UserError
 from jepa_eval.probes.knn import knn_eval

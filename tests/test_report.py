@@ -22,7 +22,8 @@ def results(tmp_path):
     r = tmp_path / "results"
     for seed, v in enumerate([70.0, 72.0, 77.0]):  # three seeds: mean 73, sample std 3.606
         make_record(r, "ijepa-vitb", "linear-clevr-count", {"top1": v}, task="linear", dataset="clevr-count",
-                    seed=seed, chosen={"lr": 0.01 * (seed + 1)}, selected_on="train-holdout")
+                    seed=seed, chosen={"lr": 0.01 * (seed + 1)}, selected_on="train-holdout",
+                    splits={"train": "trainval", "test": "test"})   # the paper's CLEVR data
     make_record(r, "ijepa-vitb", "knn", {"top1_k20": 55.5, "top1_k10": 54.0})
     make_record(r, "run1/jepa-ep10", "knn", {"top1_k20": 40.0}, epoch=10)
     make_record(r, "run1/jepa-ep20", "knn", {"top1_k20": 45.0}, epoch=20)
@@ -89,6 +90,11 @@ def test_published_numbers_only_beside_the_same_protocol(tmp_path):
                 splits={"train": "train800val200"})
     numbers, _ = pivot(aggregate(load(r / "records" / "other")), published)
     assert list(numbers.index) == ["other [target]"]
+    # nor is a small CLEVR-format set on its 'train' split (the default battery's rendered scenes)
+    make_record(r, "small", "clevr-count", {"top1": 30.0}, task="linear", dataset="clevr-count",
+                splits={"train": "train", "test": "test"})
+    numbers, _ = pivot(aggregate(load(r / "records" / "small")), published)
+    assert list(numbers.index) == ["small [target]"]
 
 
 def test_same_record_twice_counts_once(results):

@@ -15,7 +15,7 @@ import pytest
 
 from _jobs import KNN_A, KNN_B, SPEC, broken_entry, metrics_by_entry, write_battery
 from jepa_eval.cli import main
-from jepa_eval.launchers.state import job_table, load_submission, wait
+from jepa_eval.launchers.state import load_submission, wait
 from jepa_eval.runner import plan, run_in_process
 
 pytestmark = [pytest.mark.slurm,

@@ -88,7 +88,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--n/--n-images must be at least 2, --ddim-steps positive and --guidance >= 0")
     ds = get_dataset(args.dataset, args.root, split=args.split, image_size=size)
     if args.action == "sample":
-        import numpy as np
         from ..decoder.sample import sample_image_mode, sample_predictor_mode
         fn = sample_predictor_mode if mode == "predictor" else sample_image_mode
         arrays = fn(ck, decoder, ds, n, args.seed, args.ddim_steps, args.guidance)
