@@ -151,3 +151,26 @@ def test_requeued_job_resumes_without_redoing_work(tmp_path, reference, how):
     assert after == before  # ...and reused the features instead of extracting them again
     assert metrics_by_entry(out) == {"knn-a": reference["knn-a"]}
     print(f"\n[slurm] {how} test finished in {time.time() - t0:.0f} s")
+
+
+def test_ijepa_paper_battery_runs_as_slurm_arrays(tmp_path, monkeypatch):
+    """The shipped paper battery on the miniature ImageNet and CLEVR folders, through SLURM: every entry
+    (frozen probes, the fine-tuned 1 % entry, k-NN) finishes and records its protocol and transform."""
+    from test_paper_battery import mini_clevr, mini_imagenet
+    subset = mini_imagenet(tmp_path / "imagenet")
+    mini_clevr(tmp_path / "CLEVR_v1.0")
+    monkeypatch.setenv("IMAGENET_ROOT", str(tmp_path / "imagenet"))
+    monkeypatch.setenv("IMAGENET_1PCT", str(subset))
+    monkeypatch.setenv("CLEVR_ROOT", str(tmp_path / "CLEVR_v1.0"))
+    out = tmp_path / "out"
+    spec = "timm:vit_tiny_patch16_224,img_size=16,patch_size=8,depth=4"
+    assert main(["run", "--checkpoint", spec, "--battery", "ijepa-paper", "--out", str(out),
+                 "--cache", str(tmp_path / "cache"), "--no-progress", *RESOURCES]) == 0
+    rows = wait(out, poll_s=2, timeout_s=WAIT_S)
+    assert rows and all(r["state"] == "done" for r in rows), [(r["label"], r["state"], r.get("log")) for r in rows]
+    records = {r["entry"]: r for r in (json.loads(p.read_text()) for p in (out / "records").rglob("*.json"))}
+    assert set(records) == {"in1k-linear", "in1k-1pct", "in1k-1pct-finetune", "clevr-count", "clevr-dist",
+                            "in1k-knn"}
+    assert all(r["protocol"] for r in records.values())
+    assert records["in1k-linear"]["eval_transform"] == "resize18-centercrop16-bicubic-imagenetnorm"
+    assert records["clevr-count"]["splits"]["train"] == "trainval"
