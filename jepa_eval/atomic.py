@@ -25,6 +25,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike, tmp: str | os.PathLike 
             raise OSError(errno.EIO, f"write failed ({' '.join(str(e).split())[-60:]})", str(tmp)) from None
         os.replace(tmp, path)
     except OSError as e:
-        raise write_error(path, e, "", after) from None
-    finally:
         Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, e, "", after) from None
+    except BaseException:
+        # only a failed write leaves a temporary file to remove: after a successful rename the name may
+        # already belong to the next write (of another process or thread), which must not be touched
+        Path(tmp).unlink(missing_ok=True)
+        raise

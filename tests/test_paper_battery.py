@@ -19,7 +19,7 @@ CLASSES = ("n01440764", "n01443537", "n01484850")
 def mini_imagenet(root: Path) -> Path:
     """root/{train,val}/<wnid>/<wnid>_<i>.JPEG, non-square photos, and a 1percent.txt of 3 per class."""
     rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("val", 3)):
+    for split, n in (("train", 70), ("val", 3)):   # 210 training images: the k-NN entry's k goes up to 200
         for c, wnid in enumerate(CLASSES):
             (root / split / wnid).mkdir(parents=True)
             for i in range(n):
@@ -46,12 +46,17 @@ def mini_clevr(root: Path) -> None:
         (root / "scenes" / f"CLEVR_{split}_scenes.json").write_text(json.dumps({"scenes": scenes}))
 
 
-def test_ijepa_paper_battery_end_to_end(tmp_path, monkeypatch, capsys):
+def paper_data(tmp_path: Path, monkeypatch) -> None:
+    """The miniature ImageNet and CLEVR folders, with the environment variables the battery reads."""
     subset = mini_imagenet(tmp_path / "imagenet")
     mini_clevr(tmp_path / "CLEVR_v1.0")
     monkeypatch.setenv("IMAGENET_ROOT", str(tmp_path / "imagenet"))
     monkeypatch.setenv("IMAGENET_1PCT", str(subset))
     monkeypatch.setenv("CLEVR_ROOT", str(tmp_path / "CLEVR_v1.0"))
+
+
+def test_ijepa_paper_battery_end_to_end(tmp_path, monkeypatch, capsys):
+    paper_data(tmp_path, monkeypatch)
     out = tmp_path / "out"
     assert main(["run", "--checkpoint", SPEC, "--battery", "ijepa-paper", "--out", str(out),
                  "--cache", str(tmp_path / "cache"), "--no-progress"]) == 0
@@ -64,7 +69,7 @@ def test_ijepa_paper_battery_end_to_end(tmp_path, monkeypatch, capsys):
     crop, square = "resize18-centercrop16-bicubic-imagenetnorm", "resize16-bicubic-imagenetnorm"
     assert {e: r["eval_transform"] for e, r in records.items()} == {
         "in1k-linear": crop, "in1k-1pct": crop, "in1k-knn": crop, "clevr-count": square, "clevr-dist": square}
-    assert records["in1k-1pct"]["details"]["n_train_encoded"] == 9            # the subset, not 24 images
+    assert records["in1k-1pct"]["details"]["n_train_encoded"] == 9            # the subset, not 210 images
     for name in ("clevr-count", "clevr-dist"):
         rec = records[name]
         assert rec["splits"]["train"] == "trainval" and rec["details"]["n_test"] == 8

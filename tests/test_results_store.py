@@ -70,4 +70,4 @@ def test_battery_validation(tmp_path, yaml_text, expected):
 
 def test_shipped_smoke_battery_is_valid():
     battery = load_battery("smoke")
-    assert [e.task for e in battery.entries] == ["knn"] and battery.entries[0].datasets == ["fashion-mnist", "digits"]
+    assert [e.task for e in battery.entries] == ["knn"] and battery.entries[0].datasets == ["fashion-mnist-sample"]

@@ -156,15 +156,10 @@ def test_requeued_job_resumes_without_redoing_work(tmp_path, reference, how):
 def test_ijepa_paper_battery_runs_as_slurm_arrays(tmp_path, monkeypatch):
     """The shipped paper battery on the miniature ImageNet and CLEVR folders, through SLURM: every entry
     (frozen probes, the fine-tuned 1 % entry, k-NN) finishes and records its protocol and transform."""
-    from test_paper_battery import mini_clevr, mini_imagenet
-    subset = mini_imagenet(tmp_path / "imagenet")
-    mini_clevr(tmp_path / "CLEVR_v1.0")
-    monkeypatch.setenv("IMAGENET_ROOT", str(tmp_path / "imagenet"))
-    monkeypatch.setenv("IMAGENET_1PCT", str(subset))
-    monkeypatch.setenv("CLEVR_ROOT", str(tmp_path / "CLEVR_v1.0"))
+    from test_paper_battery import SPEC as PAPER_SPEC, paper_data
+    paper_data(tmp_path, monkeypatch)
     out = tmp_path / "out"
-    spec = "timm:vit_tiny_patch16_224,img_size=16,patch_size=8,depth=4"
-    assert main(["run", "--checkpoint", spec, "--battery", "ijepa-paper", "--out", str(out),
+    assert main(["run", "--checkpoint", PAPER_SPEC, "--battery", "ijepa-paper", "--out", str(out),
                  "--cache", str(tmp_path / "cache"), "--no-progress", *RESOURCES]) == 0
     rows = wait(out, poll_s=2, timeout_s=WAIT_S)
     assert rows and all(r["state"] == "done" for r in rows), [(r["label"], r["state"], r.get("log")) for r in rows]
