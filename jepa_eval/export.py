@@ -2,8 +2,7 @@
 
 The weights keep the names of timm's ``VisionTransformer`` (the suite's encoder *is* one), so anyone can
 load them without this suite: ``VisionTransformer(**card["timm_kwargs"]).load_state_dict(load_file(F))``
-(strict), or ``timm.create_model(card["timm_model"], pretrained=True,
-pretrained_cfg_overlay=dict(file=F), **card["timm_kwargs"])``. With those arguments
+(strict, and it can never reach a network; timm's file-overlay route is in docs/checkpoints.md). With those arguments
 ``forward_features(x)`` returns the patch tokens after the final norm, exactly what the suite's encoder
 returns, and ``model(x)`` their mean (the paper's lastPOOL). ``load_checkpoint`` reads the export back."""
 from __future__ import annotations
@@ -102,8 +101,6 @@ def export_encoder(spec: str, which: str, out: str | os.PathLike, num_heads: int
         "source": {"path": meta.get("path"), "sha256": meta["sha256"], "format": meta.get("source_format"),
                    "epoch": meta.get("epoch")},
         "how_to_load": _how_to_load(weights.name, card_path.name),
-        "timm_create_model": f"timm.create_model('{timm_model_name(meta)}', pretrained=True, "
-                             f"pretrained_cfg_overlay=dict(file='{weights.name}'), **card['timm_kwargs'])",
     }
     _atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
     return weights, card_path
