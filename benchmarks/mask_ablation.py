@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.pretrain_quality import baselines, pooled, probe  # noqa: E402
+from benchmarks.pretrain_quality import add_probe_arguments, baselines, pooled, probe  # noqa: E402
 from pretrain.config import load_config  # noqa: E402
 from pretrain.data import build_dataset  # noqa: E402
 from pretrain.masks import MASK_KINDS  # noqa: E402
@@ -93,14 +93,8 @@ def cli() -> None:
     p.add_argument("--steps", type=int, default=3000, help="training steps per variant (the schedules span them)")
     p.add_argument("--kinds", default=",".join(MASK_KINDS), help="comma-separated mask kinds to train")
     p.add_argument("--single-scale", type=float, default=0.6, help="target block scale of single_block")
-    p.add_argument("--train-samples", type=int, default=5000)
-    p.add_argument("--test-samples", type=int, default=2000)
-    p.add_argument("--k", type=int, default=20)
     p.add_argument("--out", default=None, help="folder for the runs (default: a temporary one)")
-    p.add_argument("--json", default=None, help="also write the results here")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--no-baselines", action="store_true", help="skip the raw-pixel and random-init probes")
-    p.add_argument("--threads", type=int, default=1, help="torch/faiss CPU threads (0: library default)")
+    add_probe_arguments(p)
     args = p.parse_args()
     if args.steps < 1 or not 0 < args.single_scale < 1:
         sys.exit("--steps must be positive and --single-scale in (0, 1)")

@@ -194,6 +194,17 @@ def report(r: dict) -> None:
               f"{row['target']['knn']:.1f} / {row['target']['linear']:.1f}")
 
 
+def add_probe_arguments(p: argparse.ArgumentParser) -> None:
+    """The probe's sizes and the run options this script shares with mask_ablation.py."""
+    p.add_argument("--train-samples", type=int, default=5000)
+    p.add_argument("--test-samples", type=int, default=2000)
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--no-baselines", action="store_true", help="skip the raw-pixel and random-init probes")
+    p.add_argument("--threads", type=int, default=1, help="torch/faiss CPU threads (0: library default)")
+
+
 def cli() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="tiny-fashion-mnist")
@@ -201,14 +212,8 @@ def cli() -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the config's epochs (sets schedules)")
     p.add_argument("--max-steps", type=int, default=None, help="stop early (schedules unchanged)")
     p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--train-samples", type=int, default=5000)
-    p.add_argument("--test-samples", type=int, default=2000)
-    p.add_argument("--k", type=int, default=20)
     p.add_argument("--out", default=None, help="checkpoint folder (default: a temporary one)")
-    p.add_argument("--json", default=None, help="also write the results here")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--no-baselines", action="store_true", help="skip the raw-pixel and random-init probes")
-    p.add_argument("--threads", type=int, default=1, help="torch/faiss CPU threads (0: library default)")
+    add_probe_arguments(p)
     args = p.parse_args()
     if args.threads:  # OpenMP spinning makes 2 threads far slower than 1 on a busy shared CPU
         import faiss
