@@ -69,17 +69,19 @@ def test_batched_heads_equal_heads_trained_alone():
         torch.testing.assert_close(grid.weight[g, :, l], one.weight[0, :, 0], rtol=1e-4, atol=1e-5)
 
 
-def test_nesterov_and_cosine_floor_equal_torch_sgd():
-    """VISSL's CLEVR probe: Nesterov momentum, wd, cosine lr down to lr * lr_end_factor - one head of the grid
-    follows torch.optim.SGD step for step."""
-    x, y = blobs(200)
-    cfg = LinearConfig(lrs=[0.1], wds=[5e-4], norms=["none"], epochs=3, batch_size=32, nesterov=True,
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("classes", [5, 20])     # both softmax kernels of the hot loop (below / from 16 classes)
+def test_one_head_equals_torch_sgd(nesterov, classes):
+    """Momentum (VISSL's CLEVR probe: Nesterov's), wd, cosine lr down to lr * lr_end_factor - one head of the
+    fused grid update follows torch.optim.SGD step for step."""
+    x, y = blobs(200, classes=classes)
+    cfg = LinearConfig(lrs=[0.1], wds=[5e-4], norms=["none"], epochs=3, batch_size=32, nesterov=nesterov,
                        lr_end_factor=0.01)
     batches = cached_batches(x, y, np.arange(200), cfg, "cpu")
-    grid = fit_grid(24, 5, batches, 200, cfg)
-    w, b = torch.zeros(24, 5, requires_grad=True), torch.zeros(5, requires_grad=True)
+    grid = fit_grid(24, classes, batches, 200, cfg)
+    w, b = torch.zeros(24, classes, requires_grad=True), torch.zeros(classes, requires_grad=True)
     opt = torch.optim.SGD([{"params": [w], "weight_decay": 5e-4}, {"params": [b], "weight_decay": 0.0}],
-                          lr=0.1, momentum=0.9, nesterov=True)
+                          lr=0.1, momentum=0.9, nesterov=nesterov)
     steps = int(np.ceil(200 / 32))
     for epoch in range(3):
         for i, (xb, yb) in enumerate(batches(epoch)):
@@ -94,12 +96,13 @@ def test_nesterov_and_cosine_floor_equal_torch_sgd():
     assert LinearConfig(lr_end_factor=0.01, schedule="step").validate() is not None
 
 
-def test_hand_written_gradients_equal_autograd():
+@pytest.mark.parametrize("classes", [5, 20])
+def test_hand_written_gradients_equal_autograd(classes):
     torch.manual_seed(0)
-    model = HeadGrid(24, 5, ["none", "bn"], 3)
+    model = HeadGrid(24, classes, ["none", "bn"], 3)
     with torch.no_grad():
         model.weight.normal_(), model.bias.normal_()
-    x, y = torch.randn(40, 24), torch.randint(0, 5, (40,))
+    x, y = torch.randn(40, 24), torch.randint(0, classes, (40,))
     logits = model.train()(x)                                              # [H, B, C]
     loss = sum(torch.nn.functional.cross_entropy(head, y) for head in logits)
     loss.backward()

@@ -90,18 +90,38 @@ class HeadGrid(nn.Module):
         return (logits + self.bias[:, None]).transpose(1, 2).reshape(g * l, -1, c)
 
 
+def _softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension, in place. torch's CPU kernel is 6-9x slower than three plain passes
+    when that dimension is short and not a multiple of the vector width (2, 5, 10 classes: see
+    benchmarks/head_grid.py); from 16 classes on it is the faster one."""
+    if logits.shape[-1] >= 16:
+        return torch.softmax(logits, dim=-1)
+    logits.sub_(logits.amax(-1, keepdim=True)).exp_()
+    return logits.div_(logits.sum(-1, keepdim=True))
+
+
+@torch.no_grad()
+def _logit_gradients(model: HeadGrid, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs [G, B, D], softmax minus one-hot [G, B, L, C]): the gradient of every head's *summed*
+    cross-entropy with respect to its logits, with the inputs that multiply it."""
+    g, d, l, c = model.shape
+    inputs = model.inputs(x)                                                         # [G, B, D]
+    logits = torch.baddbmm(model.bias.view(g, 1, l * c), inputs, model.weight.view(g, d, l * c))
+    probs = _softmax_(logits.view(g, -1, l, c))
+    probs[:, torch.arange(len(y), device=y.device), :, y] -= 1.0                    # one entry per (image, head)
+    return inputs, probs
+
+
 @torch.no_grad()
 def grid_gradients(model: HeadGrid, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(``model`` in training mode.) Gradients (weight [G, D, L, C], bias [G, L, C]) of every head's mean cross-entropy on one batch,
     written out by hand: softmax minus one-hot is the logits' gradient, and one batched matmul per norm
-    group gives the weights'. Autograd would add a log-softmax backward pass and its temporaries."""
+    group gives the weights'. Autograd would add a log-softmax backward pass and its temporaries.
+    (``fit_grid`` fuses the weight gradient into its momentum update instead of materializing it.)"""
     g, d, l, c = model.shape
-    inputs = model.inputs(x)                                                         # [G, B, D]
-    logits = torch.baddbmm(model.bias.view(g, 1, l * c), inputs, model.weight.view(g, d, l * c))
-    probs = torch.softmax(logits.view(g, -1, l, c), dim=-1)                          # [G, B, L, C]
-    probs.sub_(F.one_hot(y, c).to(probs.dtype)[None, :, None]).div_(len(y))
-    grad_w = torch.bmm(inputs.transpose(1, 2), probs.view(g, -1, l * c)).view(model.shape)
-    return grad_w, probs.sum(1)
+    inputs, probs = _logit_gradients(model, x, y)
+    grad_w = torch.bmm(inputs.transpose(1, 2), probs.view(g, -1, l * c)).div_(len(y)).view(model.shape)
+    return grad_w, probs.sum(1).div_(len(y))
 
 
 def _lr_factor(cfg: LinearConfig, progress: float) -> float:
@@ -109,6 +129,36 @@ def _lr_factor(cfg: LinearConfig, progress: float) -> float:
         return 0.1 ** int(progress // 15)
     cosine = 0.5 * (1 + math.cos(math.pi * progress / cfg.epochs))
     return cfg.lr_end_factor + (1 - cfg.lr_end_factor) * cosine
+
+
+@torch.no_grad()
+def _momentum_step(model: HeadGrid, buf_w: torch.Tensor, buf_b: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                   momentum: float, lr_w: torch.Tensor, wd_w: torch.Tensor, lr_b: torch.Tensor, factor: float) -> None:
+    """One step of ``torch.optim.SGD`` (momentum, L2 weight decay on the weights) for every head, in place:
+    buf = momentum * buf + grad + wd * W; W -= lr * factor * buf. The weight gradient is never materialized:
+    the matmul that computes it accumulates straight into the momentum buffer (GEMM beta), so the grid makes
+    three passes over its weights per step instead of nine."""
+    g, d, l, c = model.shape
+    inputs, probs = _logit_gradients(model, x, y)
+    buf_w.view(g, d, l * c).baddbmm_(inputs.transpose(1, 2), probs.view(g, -1, l * c), beta=momentum,
+                                     alpha=1.0 / len(y))
+    buf_w.addcmul_(wd_w, model.weight)
+    buf_b.mul_(momentum).add_(probs.sum(1), alpha=1.0 / len(y))
+    model.weight.addcmul_(lr_w, buf_w, value=-factor)
+    model.bias.addcmul_(lr_b, buf_b, value=-factor)
+
+
+@torch.no_grad()
+def _nesterov_step(model: HeadGrid, buf_w: torch.Tensor, buf_b: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                   momentum: float, lr_w: torch.Tensor, wd_w: torch.Tensor, lr_b: torch.Tensor, factor: float) -> None:
+    """As ``_momentum_step`` with Nesterov's momentum (``torch.optim.SGD(nesterov=True)``):
+    step = grad + wd * W + momentum * buf (the gradient tensors are reused for it)."""
+    grad_w, grad_b = grid_gradients(model, x, y)
+    grad_w.addcmul_(wd_w, model.weight)
+    buf_w.mul_(momentum).add_(grad_w)
+    buf_b.mul_(momentum).add_(grad_b)
+    model.weight.addcmul_(lr_w, grad_w.add_(buf_w, alpha=momentum), value=-factor)
+    model.bias.addcmul_(lr_b, grad_b.add_(buf_b, alpha=momentum), value=-factor)
 
 
 def fit_grid(dim: int, n_classes: int, batches: Batches, n_fit: int, cfg: LinearConfig,
@@ -137,19 +187,12 @@ def fit_grid(dim: int, n_classes: int, batches: Batches, n_fit: int, cfg: Linear
     epochs: Iterable[int] = range(start, cfg.epochs)
     if progress is not None:
         epochs = progress(epochs, "linear heads")
+    step = _nesterov_step if cfg.nesterov else _momentum_step
     for epoch in epochs:
         model.train()
         for i, (xb, yb) in enumerate(batches(epoch)):
-            grad_w, grad_b = grid_gradients(model, xb.float(), yb)
             factor = _lr_factor(cfg, epoch + min(i / steps, 1.0))
-            with torch.no_grad():   # in place: no temporaries the size of the grid
-                buf_w.mul_(cfg.momentum).add_(grad_w.addcmul_(wd_w, model.weight))
-                buf_b.mul_(cfg.momentum).add_(grad_b)
-                step_w, step_b = buf_w, buf_b
-                if cfg.nesterov:   # step = g + momentum * buf (reusing the gradient tensors)
-                    step_w, step_b = grad_w.add_(buf_w, alpha=cfg.momentum), grad_b.add_(buf_b, alpha=cfg.momentum)
-                model.weight.addcmul_(lr_w, step_w, value=-factor)
-                model.bias.addcmul_(lr_b, step_b, value=-factor)
+            step(model, buf_w, buf_b, xb.float(), yb, cfg.momentum, lr_w, wd_w, lr_b, factor)
         if not torch.isfinite(model.weight).all(dim=(1, 3)).any():
             raise UserError("every linear head diverged (NaN); lower the learning rates")
         if state_path is not None:
