@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._common import peak_rss_gib, say, table, update_results
-from jepa_eval.probes.knn import choose_knn_backend
+from jepa_eval.probes.knn import choose_knn_backend, knn_eval_streaming
 
 N_TRAIN, N_TEST, DIM, CLASSES = 1_281_167, 50_000, 1280, 1000
 
@@ -59,7 +59,6 @@ class _TimedIndex:
 
 def phase_knn(feats: str, labels: str, queries: int, method: str) -> dict:
     import jepa_eval.probes.knn as knn_mod
-    from jepa_eval.probes.knn_stream import knn_eval_streaming
     x, y = np.load(feats, mmap_mode="r"), np.load(labels)
     qx, qy = np.array(x[:queries]), y[:queries]            # queries: rows of the same distribution
     times: dict = {}

@@ -3,16 +3,16 @@ k-NN for memory maps) must give the same accuracy, and the suite's k-NN must not
 import numpy as np
 import pytest
 
-from benchmarks.knn_speed import clustered, sklearn_knn, suite_knn, torch_knn
+from benchmarks.knn_speed import clustered, default_knn, sklearn_knn, suite_knn, torch_knn
 from jepa_eval.probes import knn_eval
-from jepa_eval.probes.knn_stream import knn_eval_streaming
+from jepa_eval.probes.knn import knn_eval_streaming
 
 
 def test_knn_methods_agree_on_clustered_features():
     data = clustered(3000, 400, 32, n_classes=10, noise=6.0, seed=3)
-    accs = [fn(*data, k=20, temperature=0.07) for fn in (suite_knn, torch_knn, sklearn_knn)]
+    accs = [fn(*data, k=20, temperature=0.07) for fn in (suite_knn, torch_knn, sklearn_knn, default_knn)]
     assert 20 < accs[0] < 100          # neither trivial nor broken: the comparison means something
-    assert accs[0] == accs[1] == accs[2]
+    assert accs[0] == accs[1] == accs[2] == accs[3]
 
 
 def test_streaming_knn_matches_faiss_knn_and_keeps_inputs(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..probes import knn_eval
-from ..probes.knn import BACKENDS, available_memory, choose_knn_backend
+from ..probes.knn import BACKENDS, choose_knn_backend
 from ..task import Task, TaskResult, register_task
 
 
@@ -36,11 +36,8 @@ class KNNTask(Task):
         pooling = ctx.poolings[0]
         train, test = ctx.features("train", pooling), ctx.features("test", pooling)
         p = self.params
-        # measured once, so that the path recorded below is the one knn_eval takes
-        budget = available_memory() if p.backend == "auto" else None
-        backend, _ = choose_knn_backend(len(train.x), train.x.shape[1], p.backend, budget)
-        acc = knn_eval(train.x, train.y, test.x, test.y, ks=p.ks, temperature=p.temperature, backend=p.backend,
-                       memory_budget=budget)
+        backend, _ = choose_knn_backend(len(train.x), train.x.shape[1], p.backend)
+        acc = knn_eval(train.x, train.y, test.x, test.y, ks=p.ks, temperature=p.temperature, backend=backend)
         primary = 20 if 20 in acc else min(acc)
         metrics = {f"top1_k{primary}": acc[primary], **{f"top1_k{k}": v for k, v in acc.items() if k != primary}}
         return TaskResult(metrics=metrics,
