@@ -1,6 +1,8 @@
 """GPU feature extraction: bf16 ViT-H/14 at 224 on synthetic tensors and through the real JPEG pipeline
 (an imagefolder of generated JPEGs, ``jepa_eval.datasets`` + DataLoader workers, and ``FeatureCache``),
-with model FLOP utilisation against the device's dense bf16 peak. Exits cleanly without CUDA.
+with model FLOP utilisation against the device's dense bf16 peak; then the probes on the device: k-NN through
+FAISS (faiss-gpu where installed) against the CPU streaming search, and the 48-head linear grid against one
+head. Exits cleanly without CUDA.
 
     python -m benchmarks.gpu_extract [--seconds 20 --batch-size 256 --images 1024 --workers 16]"""
 from __future__ import annotations
@@ -56,6 +58,39 @@ def timed_loop(step, seconds: float, min_iters: int = 3) -> tuple[int, float]:
     return done, time.perf_counter() - t
 
 
+def probe_timings(dev: torch.device, small: bool) -> dict:
+    """k-NN (auto = FAISS GPU index with faiss-gpu, vs the CPU streaming search; same top-1 required) and the
+    default 48-head linear grid vs one head on ``dev``, 100 classes, one epoch of float16 features."""
+    from benchmarks.knn_speed import clustered
+    from jepa_eval.probes.knn import choose_knn_backend, knn_eval
+    from jepa_eval.probes.linear import LinearConfig, cached_batches, fit_grid
+    n_train, n_test, dim = (4000, 500, 64) if small else (200_000, 10_000, 1024)
+    tx, ty, vx, vy = clustered(n_train, n_test, dim, noise=12.0)
+    out: dict = {"knn": {"n_train": n_train, "n_test": n_test, "dim": dim,
+                         "auto_backend": " / ".join(choose_knn_backend(n_train, dim))}}
+    for backend in ("auto", "streaming"):
+        t = time.perf_counter()
+        acc = knn_eval(tx, ty, vx, vy, ks=(20,), backend=backend, verbose=False)[20]
+        out["knn"][backend] = {"seconds": time.perf_counter() - t, "top1": acc}
+    out["knn"]["auto_speedup_vs_cpu_streaming"] = out["knn"]["streaming"]["seconds"] / out["knn"]["auto"]["seconds"]
+    x16, rows = tx.astype(np.float16), np.arange(n_train)
+    def grid_time(cfg: LinearConfig) -> float:
+        fit_grid(dim, 100, cached_batches(x16[:2048], ty[:2048], rows[:2048], cfg, dev), 2048, cfg, dev)  # warm-up
+        sync()
+        t = time.perf_counter()
+        fit_grid(dim, 100, cached_batches(x16, ty, rows, cfg, dev), n_train, cfg, dev)
+        sync()
+        return time.perf_counter() - t
+    grid, one = grid_time(LinearConfig(epochs=1)), grid_time(LinearConfig(epochs=1, lrs=[0.1], wds=[0.0], norms=["bn"]))
+    out["head_grid"] = {"n_train": n_train, "dim": dim, "classes": 100, "heads": len(LinearConfig().heads()),
+                        "seconds_grid": grid, "seconds_one_head": one, "cost_ratio": grid / one}
+    print(f"k-NN {n_train} x {dim}, {n_test} queries: auto ({out['knn']['auto_backend']}) "
+          f"{out['knn']['auto']['seconds']:.2f} s, CPU streaming {out['knn']['streaming']['seconds']:.2f} s "
+          f"(top-1 {out['knn']['auto']['top1']:.2f} / {out['knn']['streaming']['top1']:.2f}); head grid "
+          f"{grid:.2f} s = {grid / one:.1f}x one head ({one:.3f} s) on {dev}", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=20.0, help="time per measurement")
@@ -64,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
     ap.add_argument("--peak-tflops", type=float, default=None, help="override the bf16 peak table")
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--skip-probes", action="store_true", help="extraction only (no k-NN / head grid timings)")
     ap.add_argument("--dry-run", action="store_true", help="exercise the code on CPU with a 2-block model")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available() and not a.dry_run:
@@ -107,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {a.images} JPEGs in {time.perf_counter() - t:.1f}s", flush=True)
         ds = get_dataset("imagefolder", tmp, "train", image_size=224)
         loader = torch.utils.data.DataLoader(ds, batch_size=a.batch_size, num_workers=a.workers, pin_memory=True,
-                                             persistent_workers=True, shuffle=True, drop_last=True)
+                                             persistent_workers=a.workers > 0, shuffle=True, drop_last=True)
         def epochs(consume):
             def step() -> int:
                 return sum(consume(imgs) for imgs, _ in loader)
@@ -128,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
           f"(loader {loader_ips:.0f} vs model {model_ips:.0f} img/s)")
     out["pipeline_bottleneck"] = loader_ips < model_ips
     out["headline"] = {"gpu_extract_mfu": out[rows[0][0]]["mfu"]}
+    if not a.skip_probes:
+        out["probes"] = probe_timings(dev, small=a.dry_run)
+        out["headline"].update(gpu_knn_speedup_vs_cpu_streaming=out["probes"]["knn"]["auto_speedup_vs_cpu_streaming"],
+                               gpu_head_grid_cost_ratio=out["probes"]["head_grid"]["cost_ratio"])
     if not (a.no_save or a.dry_run):
         from benchmarks._common import update_results
         update_results("gpu_extract", out)

@@ -28,3 +28,13 @@ def test_streaming_knn_matches_faiss_knn_and_keeps_inputs(tmp_path):
     reference = knn_eval(np.array(mm, dtype=np.float32), ty, vx.copy(), vy, ks=ks)
     assert streamed == pytest.approx(reference)
     assert len(set(streamed.values())) > 1   # different k give different numbers: k is really applied
+
+
+def test_gpu_script_probe_timings_run_on_cpu():
+    """The GPU benchmark's probe part (k-NN paths, head grid) on CPU at its small size: same top-1 on both paths."""
+    import torch
+
+    from benchmarks.gpu_extract import probe_timings
+    out = probe_timings(torch.device("cpu"), small=True)
+    assert out["knn"]["auto"]["top1"] == out["knn"]["streaming"]["top1"] > 1.0       # 100 classes: chance is 1 %
+    assert out["head_grid"]["heads"] == 48 and out["head_grid"]["seconds_grid"] > out["head_grid"]["seconds_one_head"] > 0
