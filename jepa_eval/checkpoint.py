@@ -83,6 +83,8 @@ class Checkpoint:
         self._built.clear()
         if self._on_release is not None:
             self._on_release()
+            from .lazyload import trim_heap     # only file-backed checkpoints hold copies worth trimming
+            trim_heap()
 
     def get_encoder(self, which: str) -> nn.Module:
         if which not in ("target", "context"):

@@ -15,6 +15,7 @@ refused rather than read."""
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import sys
 import weakref
@@ -63,6 +64,18 @@ class _Pager:
         if any(a <= lo and hi <= b for a, b in self.ranges):
             start = lo - lo % self.page
             self.madvise(ctypes.c_void_p(start), ctypes.c_size_t(hi - start), ctypes.c_int(MADV_DONTNEED))
+
+
+def trim_heap() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere). After a checkpoint's
+    weights are released, glibc may keep tens of MB of freed small blocks mapped; the next checkpoint's
+    copy would then peak that much above the first one's."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):   # musl or another libc without malloc_trim
+            pass
 
 
 class CheckpointFile:
