@@ -8,7 +8,7 @@ tasks:
     root: $CLEVR_ROOT                # optional; environment variables are expanded
     splits: {train: train, test: test}
     max_samples: {train: 10000}      # optional seeded, class-stratified subsets
-    pooling: lastPOOL                # or a list; default: the task's own
+    pooling: lastPOOL                # or a list of those the task accepts; default: the task's own
     params: {ks: [10, 20]}           # checked against the task's typed parameters
     optional: true                   # skip (with a note) instead of failing when the data is absent
     protocol: "VISSL CLEVR linear"   # optional: the published protocol the entry follows (shown in reports)
@@ -143,6 +143,9 @@ def _entry(raw: Any, where: str) -> BatteryEntry:
     from .features import check_pooling
     for p in poolings:
         check_pooling(p)
+    problem = task_cls.pooling_problem(poolings)   # here, not on the cluster after the features are extracted
+    if problem:
+        raise UserError(f"{where}: {problem}")
     root = os.path.expandvars(str(raw["root"])) if raw.get("root") else None
     if root and "$" in root:  # an unset variable: no root, so the dataset's own error explains what to set
         root = None

@@ -6,8 +6,6 @@ folder never both run it), skips it when its record exists, and writes the recor
 Launchers (in-process, submitit) only decide where ``run_job`` runs."""
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import sys
@@ -16,20 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import numpy as np
-import torch
 from filelock import FileLock, Timeout
-from tqdm.auto import tqdm
 
 from .battery import Battery, BatteryEntry, load_battery
 from .checkpoint import Checkpoint, load_checkpoint
 from .datasets import get_dataset
-from .datasets.base import SubsetDataset, eval_transform_id
+from .datasets.base import eval_transform_id
 from .errors import UserError, write_error
 from .features import FeatureCache, Features
 from .results import (SCHEMA, classes_hash, git_commit, now, read_record, record_id, thread_counts, versions,
                       write_record)
-from .task import TASKS, check_data
+from .task import TASKS, TaskContext, check_data, feature_needs, row_selection  # noqa: F401 - re-exported
 
 ENCODERS = ("target", "context")
 
@@ -45,90 +40,6 @@ def checkpoint_name(spec: str) -> str:
     path = Path(spec)
     stem = re.sub(r"(\.pth)?(\.tar)?$", "", path.name)
     return f"{path.parent.name}/{stem}" if re.fullmatch(r"jepa-(latest|ep\d+)", stem) else stem
-
-
-@dataclass
-class TaskContext:
-    """What a task sees: features by role and pooling, the dataset, a scratch folder, a seed."""
-    checkpoint: Checkpoint
-    encoder: str
-    entry: BatteryEntry
-    dataset_name: str
-    cache: FeatureCache
-    workdir: Path
-    seed: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    show_progress: bool = True
-    feature_dtype: str = "float16"
-    # split_key -> poolings that pending work reads from that split: the first request for a split
-    # extracts them all in one encoder pass (see shared_needs)
-    wanted: dict[tuple, set[str]] = field(default_factory=dict)
-    _got: dict[tuple[str, str], Features] = field(default_factory=dict, repr=False)
-
-    @property
-    def poolings(self) -> list[str]:
-        return self.entry.poolings
-
-    def split_key(self, role: str) -> tuple:
-        """What makes two roles (of any jobs) read the same images: same key, same dataset."""
-        e = self.entry
-        return (self.checkpoint.meta.get("sha256"), self.encoder, self.dataset_name, e.root, e.splits[role],
-                e.max_samples.get(role), e.seed, self.feature_dtype, e.transform, row_selection(e, role))
-
-    def dataset(self, role: str):
-        """The role's images as the task reads them: the split under the entry's eval transform, then
-        narrowed to the rows the task selects (``select_rows``, e.g. low-shot subsets) before extraction."""
-        if role not in self.entry.splits:
-            raise UserError(f"entry '{self.entry.id}' has no split for role '{role}'")
-        e = self.entry
-        ds = get_dataset(self.dataset_name, e.root, split=e.splits[role],
-                         image_size=int(self.checkpoint.meta["img_size"]),
-                         max_samples=e.max_samples.get(role), seed=e.seed, transform=e.transform)
-        if row_selection(e, role) is None:
-            return ds
-        rows = np.asarray(TASKS.get(e.task).select_rows(e.params, role, ds, e.seed), dtype=np.int64)
-        if len(rows) == 0 or np.any(np.diff(rows) <= 0) or rows[0] < 0 or rows[-1] >= len(ds):
-            raise RuntimeError(f"task '{e.task}' selected invalid rows (need sorted, unique, in range)")
-        digest = hashlib.sha256(rows.tobytes()).hexdigest()[:16]   # the cache key names exactly these rows
-        return SubsetDataset(ds, rows, {"selected_rows": f"{len(rows)}-{digest}", "selected_by": e.task})
-
-    def features(self, role: str, pooling: str) -> Features:
-        """One pooling of a role; the first call for a role also fills every other pooling this entry
-        (and ``wanted``) reads from that split, from the same encoder pass."""
-        if (role, pooling) not in self._got:
-            own = [pooling, *(p for r, p in feature_needs(self.entry) if r == role)]
-            self.features_many(role, own, sorted(self.wanted.get(self.split_key(role), ())))
-        return self._got[role, pooling]
-
-    def features_many(self, role: str, poolings: Iterable[str], others: Iterable[str] = ()) -> dict[str, Features]:
-        """``poolings`` of a role, plus ``others`` (what other jobs read) when the encoder can make them:
-        a pooling another job cannot have must fail in that job, not in this one."""
-        poolings, others = list(dict.fromkeys(poolings)), [p for p in others if p not in poolings]
-        if others:
-            try:
-                return self._fetch(role, poolings + others)
-            except UserError:
-                pass
-        return self._fetch(role, poolings)
-
-    def _fetch(self, role: str, poolings: list[str]) -> dict[str, Features]:
-        got = self.cache.get_or_extract_many(self.checkpoint, self.encoder, poolings, self.dataset(role),
-                                             dtype=self.feature_dtype, device=self.device,
-                                             progress=self.show_progress)
-        self._got.update(((role, p), f) for p, f in got.items())
-        return got
-
-    def data_summary(self) -> dict[str, dict[str, Any]]:
-        """Per role: the split and how many images the task read (from the features it fetched, else the
-        split's size), for the record and the report's data table."""
-        out = {}
-        for role, split in self.entry.splits.items():
-            got = [f for (r, _), f in self._got.items() if r == role]
-            out[role] = {"split": split, "n": len(got[0].y) if got else len(self.dataset(role))}
-        return out
-
-    def progress(self, iterable: Iterable, desc: str = "", **kw: Any) -> Iterable:
-        return tqdm(iterable, desc=desc, disable=not self.show_progress, dynamic_ncols=True, **kw)
 
 
 @dataclass
@@ -198,24 +109,6 @@ def resolve_job(job: Job, ck: Checkpoint) -> tuple[Battery, BatteryEntry | None,
         return battery, None, f"optional entry, data absent ({e})", Path(), ""
     path, rid = record_path(job, ck, entry, dataset)
     return battery, entry, dataset, path, rid
-
-
-def row_selection(entry: BatteryEntry, role: str) -> str | None:
-    """Which rows of a role's split a task keeps before extraction, as a cheap identity (None: all).
-    A task opts in with ``selected_roles`` and a ``select_rows(params, role, dataset, seed)`` classmethod."""
-    task_cls = TASKS.get(entry.task)
-    if role not in getattr(task_cls, "selected_roles", ()):
-        return None
-    return f"{entry.task}:{json.dumps(entry.raw_params, sort_keys=True, default=str)}"
-
-
-def feature_needs(entry: BatteryEntry) -> list[tuple[str, str]]:
-    """The (role, pooling) feature sets an entry's task reads. A task may narrow them with a
-    ``feature_needs(entry)`` classmethod; by default it is every split role with every pooling."""
-    custom = getattr(TASKS.get(entry.task), "feature_needs", None)
-    if custom is not None:
-        return [(str(r), str(p)) for r, p in custom(entry)]
-    return [(role, pooling) for role in entry.splits for pooling in entry.poolings]
 
 
 def job_context(job: Job, ck: Checkpoint, progress: bool = True) -> TaskContext | None:
@@ -298,6 +191,10 @@ def run_job(job: Job, checkpoint: Checkpoint | None = None, force: bool = False,
         check_data(task, ctx)   # before any feature is extracted: refuse what would record a wrong number
         t0 = time.time()
         result = task.run(ctx)
+        primary = task.primary_metric()
+        if primary not in result.metrics:   # a bug in the task, never the user's input: nothing is recorded
+            raise RuntimeError(f"task '{entry.task}' declares primary metric '{primary}' but its result has "
+                               f"only {', '.join(result.metrics) or 'no metrics'}")
         record = {
             "schema": SCHEMA, "record_id": rid, "created": now(),
             "checkpoint": {"spec": job.spec, "name": checkpoint_name(job.spec), "sha256": ck.meta.get("sha256"),
@@ -307,10 +204,10 @@ def run_job(job: Job, checkpoint: Checkpoint | None = None, force: bool = False,
             "classes": {"n": len(train_data.classes), "sha256": classes_hash(train_data.classes)},
             "splits": entry.splits, "max_samples": entry.max_samples,
             "data": ctx.data_summary(), "pretrain_dataset": pretrain_dataset(ck.meta),
-            "encoder": job.encoder, "pooling": result.details.pop("pooling", ",".join(entry.poolings)),
+            "encoder": job.encoder, "pooling": result.pooling or ",".join(entry.poolings),
             "protocol": entry.protocol,
             "eval_transform": eval_transform_id(entry.transform or "square", int(ck.meta["img_size"])),
-            "params": entry.raw_params, "primary_metric": next(iter(result.metrics)),
+            "params": entry.raw_params, "primary_metric": primary,
             "metrics": result.metrics, "chosen": result.chosen, "selected_on": result.selected_on,
             "details": result.details, "seed": entry.seed, "git_commit": git_commit(),
             "versions": versions(), "threads": thread_counts(), "wall_time_s": round(time.time() - t0, 3)}

@@ -10,6 +10,7 @@ from . import LaunchOptions, Launcher, register_launcher
 
 @register_launcher("inprocess")
 class InProcessLauncher(Launcher):
+    """Runs every job here, one after the other (the default; no resource options)."""
     def launch(self, jobs: list[Job], out: Path, options: LaunchOptions, force: bool = False,
                progress: bool = True) -> bool:
         given = [k for k in ("partition", "gpus_per_task", "cpus_per_task", "timeout_min", "array_parallelism", "mem_gb")

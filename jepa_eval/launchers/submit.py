@@ -98,6 +98,7 @@ class SubmititLauncher(Launcher):
 
 @register_launcher("slurm")
 class SlurmLauncher(SubmititLauncher):
+    """Submits SLURM job arrays (features, then probes after them) and returns; ``--wait`` waits."""
     required = ("partition", "gpus_per_task", "cpus_per_task", "timeout_min")
 
     def check(self, options: LaunchOptions) -> None:

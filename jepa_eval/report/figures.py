@@ -1,12 +1,12 @@
 """Report figures, drawn with matplotlib's object API on the Agg canvas (no display, no pyplot state).
 
 Each builder returns ``ReportFigure``s holding PNG bytes, so the HTML can embed them and the
-Markdown can link the same files."""
+Markdown can link the same files. Figures of one task's details are drawn by the task (``Task.figures``,
+with the helpers ``grid``, ``png`` and ``short`` here): this module names no task."""
 from __future__ import annotations
 
 import io
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,6 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-MAX_HEATMAPS = 9
 
 
 @dataclass
@@ -27,7 +25,7 @@ class ReportFigure:
     png: bytes
 
 
-def _grid(n: int, width: float = 4.8, height: float = 3.2, ncols: int = 3) -> tuple[Figure, list]:
+def grid(n: int, width: float = 4.8, height: float = 3.2, ncols: int = 3) -> tuple[Figure, list]:
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
     fig = Figure(figsize=(width * ncols, height * nrows), dpi=100, layout="constrained")
@@ -38,13 +36,13 @@ def _grid(n: int, width: float = 4.8, height: float = 3.2, ncols: int = 3) -> tu
     return fig, axes[:n]
 
 
-def _png(fig: Figure) -> bytes:
+def png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
 
 
-def _short(text: str, n: int = 38) -> str:
+def short(text: str, n: int = 38) -> str:
     return text if len(text) <= n else "…" + text[-(n - 1):]
 
 
@@ -55,20 +53,20 @@ def bars(agg: pd.DataFrame) -> list[ReportFigure]:
     from .tables import order_models
     columns = list(dict.fromkeys(agg["column"]))
     rank = {m: i for i, m in enumerate(order_models(agg))}  # the same row order as the table
-    fig, axes = _grid(len(columns), height=max(2.4, 0.32 * agg["model"].nunique() + 1.2))
+    fig, axes = grid(len(columns), height=max(2.4, 0.32 * agg["model"].nunique() + 1.2))
     for ax, col in zip(axes, columns):
         sub = agg[agg["column"] == col].sort_values("model", key=lambda s: s.map(rank))
         y = np.arange(len(sub))
         ax.barh(y, sub["mean"], xerr=sub["std"].fillna(0), color="#4C72B0", capsize=3, height=0.6)
         ax.set_ylim(len(sub) - 0.5, -0.5) if len(sub) > 1 else ax.set_ylim(-1, 1)
-        ax.set_yticks(y, [_short(m) for m in sub["model"]], fontsize=8)
+        ax.set_yticks(y, [short(m) for m in sub["model"]], fontsize=8)
         ax.set_title(col, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
         for yi, m in zip(y, sub["mean"]):
             ax.text(m, yi, f" {m:.1f}", va="center", fontsize=7)
     return [ReportFigure("bars", "Primary metric per task",
                          "Mean over repeats; error bars are the sample standard deviation where n > 1.",
-                         _png(fig))]
+                         png(fig))]
 
 
 def by_epoch(agg: pd.DataFrame) -> list[ReportFigure]:
@@ -84,7 +82,7 @@ def by_epoch(agg: pd.DataFrame) -> list[ReportFigure]:
     columns = [c for c in dict.fromkeys(runs["column"]) if span.loc[c].max() > 1]
     if not columns:
         return []
-    fig, axes = _grid(len(columns))
+    fig, axes = grid(len(columns))
     for ax, col in zip(axes, columns):
         sub = runs[runs["column"] == col]
         for (run, enc), line in sub.groupby(["run", "encoder"], sort=False):
@@ -98,57 +96,7 @@ def by_epoch(agg: pd.DataFrame) -> list[ReportFigure]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return [ReportFigure("by_epoch", "Accuracy against pretraining epoch",
-                         "Each point is one checkpoint of a pretraining run folder (jepa-ep{N}).", _png(fig))]
-
-
-def layerwise(records: list[dict[str, Any]]) -> list[ReportFigure]:
-    """Per-block accuracy curves from ``layerwise`` records, one panel per entry."""
-    recs = [r for r in records if r.get("task") == "layerwise" and r.get("details", {}).get("top1")]
-    if not recs:
-        return []
-    entries = list(dict.fromkeys(r["entry"] for r in recs))
-    fig, axes = _grid(len(entries))
-    for ax, entry in zip(axes, entries):
-        mine = [r for r in recs if r["entry"] == entry]
-        for r in mine:
-            d = r["details"]
-            ax.plot(d["blocks"], d["top1"], marker="o", label=_short(f"{r['checkpoint']['name']} [{r['encoder']}]"))
-        ax.set_xlabel("block")
-        ax.set_ylabel(f"top-1 ({mine[0]['details'].get('probe', 'knn')}) %")
-        ax.set_title(f"{entry} on {mine[0]['dataset']}", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    return [ReportFigure("layerwise", "Accuracy of every block",
-                         "Mean-pooled tokens of each block (after the final norm), probed separately.", _png(fig))]
-
-
-def cka(records: list[dict[str, Any]]) -> list[ReportFigure]:
-    """Heatmaps of linear CKA (block x block, and against reference checkpoints) from ``cka`` records."""
-    panels = []
-    for kind in ("layers", "models"):  # every block x block map first, then the model comparisons
-        for r in (r for r in records if r.get("task") == "cka" and kind in r.get("details", {})):
-            name = f"{r['checkpoint']['name']} [{r['encoder']}]"
-            panels.append((f"{_short(name, 30)}: {kind}", r["details"][kind]))
-    if not panels:
-        return []
-    shown = panels[:MAX_HEATMAPS]
-    fig, axes = _grid(len(shown), width=4.6, height=4.0)
-    for ax, (title, data) in zip(axes, shown):
-        m = np.asarray(data["matrix"], dtype=float)
-        im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
-        labels = [re.sub(r"^block ", "", lab) for lab in data["labels"]]
-        ax.set_xticks(range(len(labels)), [_short(lab, 16) for lab in labels], rotation=60, fontsize=7, ha="right")
-        ax.set_yticks(range(len(labels)), [_short(lab, 16) for lab in labels], fontsize=7)
-        ax.set_title(title, fontsize=9)
-        if len(m) <= 8:
-            for (i, j), v in np.ndenumerate(m):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if v < 0.6 else "black")
-        fig.colorbar(im, ax=ax, shrink=0.8)
-    more = f" ({len(panels) - len(shown)} more not drawn)" if len(panels) > len(shown) else ""
-    return [ReportFigure("cka", "Linear CKA",
-                         "Linear CKA of mean-pooled block outputs on the same images (1 = same up to rotation "
-                         f"and scale){more}.", _png(fig))]
+                         "Each point is one checkpoint of a pretraining run folder (jepa-ep{N}).", png(fig))]
 
 
 # train-log.csv columns drawn against step, in panel order (pretrain/monitors.py defines the monitors)
@@ -182,7 +130,7 @@ def training_curves(runs: list[tuple[str, pd.DataFrame]]) -> list[ReportFigure]:
     columns = curve_columns(runs)
     if not columns:
         return []
-    fig, axes = _grid(len(columns))
+    fig, axes = grid(len(columns))
     for ax, col in zip(axes, columns):
         for name, log in runs:
             if col not in log:
@@ -192,7 +140,7 @@ def training_curves(runs: list[tuple[str, pd.DataFrame]]) -> list[ReportFigure]:
                 ax.plot(line["step"], line[col], color="0.8", linewidth=0.5)
                 line = line.assign(**{col: line[col].rolling(max(len(line) // 100, 2), min_periods=1).mean()})
             ax.plot(line["step"], line[col], marker="o" if len(line) < 40 else None, markersize=3,
-                    label=_short(name, 30))
+                    label=short(name, 30))
         ax.set_xlabel("training step")
         ax.set_title(TRAINING_CURVES[col], fontsize=10)
         ax.grid(alpha=0.3)
@@ -202,8 +150,20 @@ def training_curves(runs: list[tuple[str, pd.DataFrame]]) -> list[ReportFigure]:
         "Monitors are measured every monitor.every steps on a fixed held batch (pretrain/README.md): RankMe or "
         "input dependence falling toward 0 signals collapse." if monitored else
         "The run logged no monitors (train with --monitor-every N to add them)."))
-    return [ReportFigure("training_curves", "Pretraining curves", caption, _png(fig))]
+    return [ReportFigure("training_curves", "Pretraining curves", caption, png(fig))]
+
+
+def task_figures(records: list[dict[str, Any]]) -> list[ReportFigure]:
+    """What each task draws from its own records (``Task.figures``), tasks by ``figure_rank`` then name;
+    records of a task this version does not know are left out."""
+    from ..task import TASKS
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r.get("task") in TASKS:
+            by_task.setdefault(r["task"], []).append(r)
+    order = sorted(by_task, key=lambda name: (TASKS.get(name).figure_rank, name))
+    return [fig for name in order for fig in TASKS.get(name).figures(by_task[name])]
 
 
 def all_figures(agg: pd.DataFrame, records: list[dict[str, Any]]) -> list[ReportFigure]:
-    return [*bars(agg), *by_epoch(agg), *layerwise(records), *cka(records)]
+    return [*bars(agg), *by_epoch(agg), *task_figures(records)]

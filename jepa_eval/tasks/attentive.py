@@ -3,14 +3,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import UserError
 from ..probes.attentive import AttentiveConfig, attentive_probe
-from ..task import Task, TaskResult, probe_config, register_task
+from ..task import Task, TaskContext, TaskResult, probe_config, register_task
 
 
 @register_task("attentive")
 class AttentiveTask(Task):
-    poolings = ("tokens",)
+    """Attentive probe (V-JEPA) on frozen patch tokens, lr/wd selected on a 10 % training hold-out."""
+    poolings = accepts = ("tokens",)
+    single_pooling = True
+    pooling_note = "the attentive probe reads patch tokens"
+    primary = "top1"
     classification = True
 
     @dataclass
@@ -25,9 +28,7 @@ class AttentiveTask(Task):
                 return "holdout_fraction must be in (0, 0.5)"
             return self.config(0).validate()
 
-    def run(self, ctx) -> TaskResult:
-        if list(ctx.poolings) != ["tokens"]:
-            raise UserError(f"the attentive probe reads patch tokens: use pooling 'tokens', not {ctx.poolings}")
+    def run(self, ctx: TaskContext) -> TaskResult:
         train, test = ctx.features("train", "tokens"), ctx.features("test", "tokens")
         p = self.params
         res = attentive_probe(train.x, train.y, test.x, test.y, p.config(ctx.seed),

@@ -2,18 +2,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..analysis import cka_matrix
-from ..task import Task, TaskResult, register_task
+from ..task import Task, TaskContext, TaskResult, register_task
+
+if TYPE_CHECKING:
+    from ..report.figures import ReportFigure
+
+MAX_HEATMAPS = 9   # panels in the report's CKA figure; the rest are counted in its caption
 
 
 @register_task("cka")
 class CKATask(Task):
     """Linear CKA heatmaps: block x block of this encoder, and this encoder vs reference checkpoints."""
     splits = ("train",)
-    poolings = ("blocksPOOL",)
+    poolings = accepts = ("blocksPOOL",)
+    single_pooling = True
+    pooling_note = "cka reads per-block features"
+    primary = "cka_first_last"
+    figure_rank = 1   # the heatmaps come after the per-block accuracy curves
 
     @dataclass
     class Params:
@@ -21,7 +31,7 @@ class CKATask(Task):
         # for that encoder of this checkpoint (skipped when it is the one being evaluated)
         references: list[str] = field(default_factory=list)
 
-    def _reference(self, ctx, ref: str, pooling: str) -> tuple[str, np.ndarray]:
+    def _reference(self, ctx: TaskContext, ref: str, pooling: str) -> tuple[str, np.ndarray]:
         from ..checkpoint import load_checkpoint
         from ..runner import checkpoint_name
         if ref in ("target", "context"):
@@ -32,11 +42,8 @@ class CKATask(Task):
                                          device=ctx.device, progress=ctx.show_progress)
         return name, np.asarray(feats.x[:, -1], dtype=np.float64)
 
-    def run(self, ctx) -> TaskResult:
-        from ..errors import UserError
+    def run(self, ctx: TaskContext) -> TaskResult:
         pooling = ctx.poolings[0]
-        if pooling != "blocksPOOL":
-            raise UserError(f"cka reads per-block features: set pooling: blocksPOOL, not {pooling}")
         feats = ctx.features("train", pooling)
         blocks = [np.asarray(feats.x[:, i], dtype=np.float64) for i in range(feats.x.shape[1])]
         layers = cka_matrix(blocks)
@@ -44,7 +51,7 @@ class CKATask(Task):
         metrics = {"cka_first_last": float(layers[0, -1]),
                    "cka_adjacent_mean": float(np.mean([layers[i, i + 1] for i in range(depth - 1)]))
                    if depth > 1 else 1.0}
-        details = {"n": len(blocks[0]), "pooling": pooling,
+        details = {"n": len(blocks[0]),
                    "layers": {"labels": [f"block {i}" for i in range(depth)], "matrix": layers.tolist()}}
         # the encoder being evaluated is not its own reference (a battery lists both words for both runs)
         refs = [r for r in self.params.references if r != ctx.encoder]
@@ -58,4 +65,36 @@ class CKATask(Task):
             details["models"] = {"labels": names, "matrix": models.tolist()}
             for name, value in zip(names[1:], models[0, 1:]):
                 metrics[f"cka_vs_{name}"] = float(value)
-        return TaskResult(metrics=metrics, details=details)
+        return TaskResult(metrics=metrics, details=details, pooling=pooling)
+
+    @classmethod
+    def figures(cls, records: list[dict[str, Any]]) -> list[ReportFigure]:
+        """Heatmaps of linear CKA (block x block, and against reference checkpoints)."""
+        import re
+
+        from ..report.figures import ReportFigure, grid, png, short
+        panels = []
+        for kind in ("layers", "models"):  # every block x block map first, then the model comparisons
+            for r in (r for r in records if kind in r.get("details", {})):
+                name = f"{r['checkpoint']['name']} [{r['encoder']}]"
+                panels.append((f"{short(name, 30)}: {kind}", r["details"][kind]))
+        if not panels:
+            return []
+        shown = panels[:MAX_HEATMAPS]
+        fig, axes = grid(len(shown), width=4.6, height=4.0)
+        for ax, (title, data) in zip(axes, shown):
+            m = np.asarray(data["matrix"], dtype=float)
+            im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
+            labels = [re.sub(r"^block ", "", lab) for lab in data["labels"]]
+            ax.set_xticks(range(len(labels)), [short(lab, 16) for lab in labels], rotation=60, fontsize=7, ha="right")
+            ax.set_yticks(range(len(labels)), [short(lab, 16) for lab in labels], fontsize=7)
+            ax.set_title(title, fontsize=9)
+            if len(m) <= 8:
+                for (i, j), v in np.ndenumerate(m):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if v < 0.6 else "black")
+            fig.colorbar(im, ax=ax, shrink=0.8)
+        more = f" ({len(panels) - len(shown)} more not drawn)" if len(panels) > len(shown) else ""
+        return [ReportFigure("cka", "Linear CKA",
+                             "Linear CKA of mean-pooled block outputs on the same images (1 = same up to rotation "
+                             f"and scale){more}.", png(fig))]

@@ -7,19 +7,26 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import UserError
 from ..probes.finetune import FinetuneConfig, finetune
 from ..probes.lowshot import k_per_class_subset, subset_from_file
-from ..task import Task, TaskResult, probe_config, register_task
+from ..task import Task, TaskContext, TaskResult, probe_config, register_task
+
+if TYPE_CHECKING:
+    from ..battery import BatteryEntry
 
 
 @register_task("finetune")
 class FinetuneTask(Task):
     """End-to-end fine-tuning on a labelled subset (the ImageNet-1% row), MAE recipe, on images."""
-    poolings = ("lastPOOL",)   # unused: the head is chosen by params.head; only this default is accepted
+    poolings = accepts = ("lastPOOL",)   # unused: the head is chosen by params.head; only this default is accepted
+    single_pooling = True
+    pooling_note = "finetune trains its own head: leave 'pooling' out and choose params.head (mae or lastPOOL)"
+    primary = "top1"
 
     @dataclass
     class Params(FinetuneConfig):          # the recipe's own fields, plus the task's
@@ -38,14 +45,11 @@ class FinetuneTask(Task):
             return self.config(0).validate()
 
     @classmethod
-    def feature_needs(cls, entry) -> list[tuple[str, str]]:
+    def feature_needs(cls, entry: BatteryEntry) -> list[tuple[str, str]]:
         return []   # reads images: nothing to extract into the feature cache
 
-    def run(self, ctx) -> TaskResult:
+    def run(self, ctx: TaskContext) -> TaskResult:
         p = self.params
-        if list(ctx.poolings) != ["lastPOOL"]:
-            raise UserError(f"finetune trains its own head: leave 'pooling' out and choose params.head "
-                            f"(mae or lastPOOL), not pooling {ctx.poolings}")
         train, test = ctx.dataset("train"), ctx.dataset("test")
         y = np.asarray(train.targets)
         if p.subset_file:
@@ -64,9 +68,9 @@ class FinetuneTask(Task):
         epoch_loss = [float(np.mean(res.losses[i:i + res.schedule["steps_per_epoch"]]))
                       for i in range(0, len(res.losses), res.schedule["steps_per_epoch"])]
         return TaskResult(
-            metrics=metrics, chosen=res.chosen,
+            metrics=metrics, chosen=res.chosen, pooling=f"finetuned-{p.head}",
             selected_on=res.selected_on or "none: one configuration (give several blrs to select on a hold-out)",
-            details={"pooling": f"finetuned-{p.head}", "protocol": "fine-tuned (MAE recipe, mixup/cutmix off)",
+            details={"protocol": "fine-tuned (MAE recipe, mixup/cutmix off)",
                      "subset": source, "n_train": len(rows), "n_test": len(test), "n_classes": n_classes,
                      "schedule": res.schedule, "grid": res.grid, "train_loss_per_epoch": epoch_loss,
                      "train_transform": f"rrc-flip-{p.rand_augment or 'no-randaug'}-re{p.re_prob}",

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..probes import knn_eval
-from ..task import Task, TaskResult, register_task
+from ..task import Task, TaskContext, TaskResult, register_task
+
+if TYPE_CHECKING:
+    from ..report.figures import ReportFigure
 
 
 def _linear_top1(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
@@ -22,7 +26,10 @@ def _linear_top1(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
 @register_task("layerwise")
 class LayerwiseTask(Task):
     """Accuracy of every transformer block's mean-pooled output (blocksPOOL features)."""
-    poolings = ("blocksPOOL",)
+    poolings = accepts = ("blocksPOOL",)
+    single_pooling = True
+    pooling_note = "layerwise reads per-block features"
+    primary = "top1_last"   # the last block: picking the best block on the test split would be selection
     classification = True
 
     @dataclass
@@ -45,11 +52,8 @@ class LayerwiseTask(Task):
             return f"k {self.params.k} exceeds the {n} training images; lower it or use more training images"
         return None
 
-    def run(self, ctx) -> TaskResult:
-        from ..errors import UserError
+    def run(self, ctx: TaskContext) -> TaskResult:
         pooling = ctx.poolings[0]
-        if pooling != "blocksPOOL":
-            raise UserError(f"layerwise reads per-block features: set pooling: blocksPOOL, not {pooling}")
         train, test = ctx.features("train", pooling), ctx.features("test", pooling)
         p = self.params
         curve = []
@@ -63,6 +67,28 @@ class LayerwiseTask(Task):
             curve.append(acc)
         # the primary number is the last block: picking the best block on the test split would be selection
         metrics = {"top1_last": curve[-1], **{f"top1_block{i}": v for i, v in enumerate(curve)}}
-        return TaskResult(metrics=metrics, details={
+        return TaskResult(metrics=metrics, pooling=pooling, details={
             "probe": p.probe, "blocks": list(range(len(curve))), "top1": curve,
-            "n_train": len(train.y), "n_test": len(test.y), "pooling": pooling})
+            "n_train": len(train.y), "n_test": len(test.y)})
+
+    @classmethod
+    def figures(cls, records: list[dict[str, Any]]) -> list[ReportFigure]:
+        """Per-block accuracy curves, one panel per entry."""
+        from ..report.figures import ReportFigure, grid, png, short
+        recs = [r for r in records if r.get("details", {}).get("top1")]
+        if not recs:
+            return []
+        entries = list(dict.fromkeys(r["entry"] for r in recs))
+        fig, axes = grid(len(entries))
+        for ax, entry in zip(axes, entries):
+            mine = [r for r in recs if r["entry"] == entry]
+            for r in mine:
+                d = r["details"]
+                ax.plot(d["blocks"], d["top1"], marker="o", label=short(f"{r['checkpoint']['name']} [{r['encoder']}]"))
+            ax.set_xlabel("block")
+            ax.set_ylabel(f"top-1 ({mine[0]['details'].get('probe', 'knn')}) %")
+            ax.set_title(f"{entry} on {mine[0]['dataset']}", fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        return [ReportFigure("layerwise", "Accuracy of every block",
+                             "Mean-pooled tokens of each block (after the final norm), probed separately.", png(fig))]

@@ -1,20 +1,19 @@
 """Linear probe on frozen features: a grid of heads per feature set, selected on a training hold-out."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
-from ..errors import UserError
-from ..probes.linear import NORMS, Batches, LinearConfig, cached_batches, linear_probe
-from ..task import Task, TaskResult, register_task
+from ..probes.linear import Batches, LinearConfig, cached_batches, linear_probe
+from ..task import Task, TaskContext, TaskResult, probe_config, register_task
 
 RECIPES = ("cached", "paper", "views")
 
 
-def augmented_batches(ctx, pooling: str, batch_size: int, seed: int) -> Callable[[np.ndarray], Batches]:
+def augmented_batches(ctx: TaskContext, pooling: str, batch_size: int, seed: int) -> Callable[[np.ndarray], Batches]:
     """The paper's recipe: each epoch re-encodes the training images under RandomResizedCrop + flip
     (or the dataset's own ``train_transform``, e.g. CLEVR's flip-only)."""
     from torchvision import transforms as T
@@ -46,7 +45,7 @@ def augmented_batches(ctx, pooling: str, batch_size: int, seed: int) -> Callable
     return make
 
 
-def view_batches(ctx, poolings: list[str], n_views: int, cfg: LinearConfig, train_y: np.ndarray
+def view_batches(ctx: TaskContext, poolings: list[str], n_views: int, cfg: LinearConfig, train_y: np.ndarray
                  ) -> tuple[dict[str, Callable[[np.ndarray], Batches]], list[str]]:
     """The views recipe: ``n_views`` augmented views of the training images (``datasets/views.py``), each
     extracted once into the feature cache (every pooling from one encoder pass) and read back from it on
@@ -72,30 +71,19 @@ def view_batches(ctx, poolings: list[str], n_views: int, cfg: LinearConfig, trai
 
 @register_task("linear")
 class LinearTask(Task):
+    """Linear probe: a grid of {linear, BN + linear} heads x lrs x wds per pooling, selected on a train hold-out."""
     poolings = ("lastPOOL", "concatPOOL4")
+    primary = "top1"
     classification = True
 
     @dataclass
-    class Params:
-        lrs: list[float] = field(default_factory=lambda: LinearConfig().lrs)
-        wds: list[float] = field(default_factory=lambda: LinearConfig().wds)
-        norms: list[str] = field(default_factory=lambda: list(NORMS))
-        epochs: int = 20
-        batch_size: int = 256
-        momentum: float = 0.9
-        schedule: str = "cosine"            # "step": lr / 10 every 15 epochs
+    class Params(LinearConfig):             # the probe's own fields, plus the task's
         recipe: str = "cached"              # "paper": RandomResizedCrop + flip on the fly (slow); "views": below
         views: int = 4                      # recipe "views": augmented views extracted once, epoch e reads e mod K
         holdout_fraction: float = 0.1
-        inputs: list[str] = field(default_factory=lambda: LinearConfig().inputs)   # + "whitened" (small data)
-        shrinkage: float = 1e-6            # of the whitening covariance towards its mean eigenvalue
-        nesterov: bool = False
-        lr_end_factor: float = 0.0         # cosine from lr to lr * lr_end_factor
 
         def config(self, seed: int) -> LinearConfig:
-            return LinearConfig(list(self.lrs), list(self.wds), list(self.norms), self.epochs, self.batch_size,
-                                self.momentum, self.schedule, seed, list(self.inputs), self.shrinkage,
-                                self.nesterov, self.lr_end_factor)
+            return probe_config(self, LinearConfig, seed)
 
         def validate(self) -> str | None:
             if self.recipe not in RECIPES:
@@ -106,13 +94,11 @@ class LinearTask(Task):
                 return "holdout_fraction must be in (0, 0.5)"
             return self.config(0).validate()
 
-    def run(self, ctx) -> TaskResult:
+    def run(self, ctx: TaskContext) -> TaskResult:
         p = self.params
         cfg = p.config(ctx.seed)
         sets, n_classes = {}, 0
         for pooling in ctx.poolings:
-            if pooling == "tokens":
-                raise UserError("the linear probe needs pooled features (lastPOOL, concatPOOLn), not tokens")
             train, test = ctx.features("train", pooling), ctx.features("test", pooling)
             sets[pooling] = (train.x, train.y, test.x, test.y)
             n_classes = max(len(train.classes), int(train.y.max()) + 1)
@@ -129,7 +115,8 @@ class LinearTask(Task):
                   **({"views": len(view_ids)} if view_ids else {})}
         return TaskResult(metrics=metrics, chosen=chosen,
                           selected_on=f"train-holdout-{round(100 * p.holdout_fraction)}%",
-                          details={"pooling": res.chosen["pooling"], "holdout_top1": res.holdout_top1,
+                          pooling=res.chosen["pooling"],
+                          details={"holdout_top1": res.holdout_top1,
                                    "grid": res.grid, "n_heads": len(res.grid),
                                    "n_train": len(sets[res.chosen["pooling"]][1]),
                                    **({"view_transforms": view_ids} if view_ids else {}),

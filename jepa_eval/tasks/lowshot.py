@@ -6,14 +6,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import UserError
 from ..probes.lowshot import DEFAULT_LAMBDAS, k_per_class_subset, lowshot_eval, subset_from_file
-from ..task import Task, TaskResult, register_task
+from ..task import Task, TaskContext, TaskResult, register_task
 
 
 @register_task("lowshot")
 class LowShotTask(Task):
+    """Low-shot logistic regression on k images per class (or SimCLR subset files); lambda by CV in the subset."""
     poolings = ("lastPOOL",)
+    primary = "top1"
     classification = True
 
     @dataclass
@@ -56,15 +57,13 @@ class LowShotTask(Task):
         """The union of every subset's rows: what the train split's features are extracted for."""
         return np.unique(np.concatenate(cls.subsets(params, dataset, seed)[0]))
 
-    def run(self, ctx) -> TaskResult:
+    def run(self, ctx: TaskContext) -> TaskResult:
         p = self.params
         best = None
         selected = ctx.dataset("train")   # the subsets' union, over the full split (``base``)
         subsets, sources = self.subsets(p, selected.base, ctx.seed)
         subsets = [np.searchsorted(selected.indices, s) for s in subsets]   # rows of the extracted features
         for pooling in ctx.poolings:
-            if pooling == "tokens":
-                raise UserError("low-shot needs pooled features (lastPOOL, concatPOOLn), not tokens")
             train, test = ctx.features("train", pooling), ctx.features("test", pooling)
             y = np.asarray(train.y)
             res = lowshot_eval(train.x, y, test.x, test.y, subsets, p.lambdas, p.n_folds, ctx.seed,
@@ -76,8 +75,8 @@ class LowShotTask(Task):
         per_seed = [{"subset": src, **s} for src, s in zip(sources, res.per_seed)]
         return TaskResult(metrics={"top1": res.top1_mean, "top1_std": res.top1_std},
                           chosen={"pooling": pooling, "lambda": [s["lambda"] for s in res.per_seed]},
-                          selected_on=f"cv-in-subset-{p.n_folds}fold",
-                          details={"pooling": pooling, "per_seed": per_seed, "cv_grid": res.cv_grid,
+                          selected_on=f"cv-in-subset-{p.n_folds}fold", pooling=pooling,
+                          details={"per_seed": per_seed, "cv_grid": res.cv_grid,
                                    "lambdas": sorted(p.lambdas, reverse=True), "mean_cv_top1": cv,
                                    "n_test": n_test, "n_train_encoded": len(selected),
                                    "std": "sample (ddof=1) over seeds/subsets",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..analysis import rankme
-from ..task import Task, TaskResult, register_task
+from ..task import Task, TaskContext, TaskResult, register_task
 
 
 @register_task("rankme")
@@ -14,6 +14,8 @@ class RankMeTask(Task):
     """Effective rank (RankMe) of pooled embeddings of one split; label-free."""
     splits = ("train",)
     poolings = ("lastPOOL",)
+    accepts = ("lastPOOL", "concatPOOL*", "blocksPOOL", "tokens")   # non-pooled features are flattened
+    primary = "rankme"
 
     @dataclass
     class Params:
@@ -22,7 +24,7 @@ class RankMeTask(Task):
         def validate(self) -> str | None:
             return None if 0 < self.eps < 1e-2 else "eps must be a small positive number"
 
-    def run(self, ctx) -> TaskResult:
+    def run(self, ctx: TaskContext) -> TaskResult:
         metrics, details = {}, {}
         for i, pooling in enumerate(ctx.poolings):
             feats = ctx.features("train", pooling)
@@ -34,4 +36,4 @@ class RankMeTask(Task):
             metrics[f"rankme{suffix}"] = value
             metrics[f"rankme_ratio{suffix}"] = value / min(x.shape)  # 1 = full rank
             details[pooling] = {"n": int(x.shape[0]), "dim": int(x.shape[1])}
-        return TaskResult(metrics=metrics, details={"shapes": details, "pooling": ",".join(ctx.poolings)})
+        return TaskResult(metrics=metrics, details={"shapes": details})
