@@ -71,6 +71,9 @@ def load_for_resume(path: Path) -> dict[str, Any]:
     missing = [k for k in ("encoder", "predictor", "target_encoder", "opt", "epoch") if k not in state]
     if missing or not isinstance(state.get("opt"), dict):
         raise UserError(f"{path} cannot be resumed from: it lacks {', '.join(missing) or 'optimizer state'}")
+    if not state["opt"].get("state"):   # strip_for_release: resuming would silently restart Adam's moments
+        raise UserError(f"{path} has no optimizer moments (a release copy, e.g. the shipped demo checkpoint): "
+                        f"resume from the training run's own folder, or start a new run")
     return state
 
 

@@ -97,6 +97,20 @@ def test_refuses_to_overwrite_or_resume_nothing(full_run, tmp_path) -> None:
         main(load_config("tiny-digits", **TINY), tmp_path, resume=True, progress=False)
 
 
+def test_a_release_copy_without_optimizer_moments_is_not_resumed(full_run, tmp_path) -> None:
+    """The shipped demo checkpoint is stripped (strip_for_release): resuming it would restart Adam silently."""
+    import shutil
+
+    from jepa_eval.errors import UserError
+    from pretrain.checkpointing import strip_for_release
+    out, _ = full_run
+    shutil.copy(out / "config.yaml", tmp_path / "config.yaml")
+    strip_for_release(out / "jepa-latest.pth.tar", tmp_path / "jepa-latest.pth.tar")
+    assert load_checkpoint(tmp_path / "jepa-latest.pth.tar").meta["has_predictor"]     # still loads for evaluation
+    with pytest.raises(UserError, match="no optimizer moments"):
+        main(load_config("tiny-digits", **TINY), tmp_path, resume=True, progress=False)
+
+
 def test_cli_errors_exit_2(tmp_path, capsys) -> None:
     assert cli(["pretrain", "--config", "tiny-digit", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
