@@ -1,4 +1,8 @@
-"""Shared helpers for the benchmarks: machine description, timing, peak RSS, tables, latest.json."""
+"""Shared helpers for the benchmarks: machine description, timing, peak RSS, tables, the results file.
+
+Results go to ``results/local.json`` (untracked) unless a command points ``RESULTS`` at the tracked
+``results/latest.json`` (``run_all.py --save``): the committed numbers change only when someone means it,
+from a quiet machine."""
 from __future__ import annotations
 
 import json
@@ -11,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+LATEST = Path(__file__).resolve().parent / "results" / "latest.json"     # tracked: the published numbers
+RESULTS = LATEST.with_name("local.json")                                   # where update_results writes
 
 
 def machine_info() -> dict[str, Any]:
@@ -65,8 +70,10 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> s
     return text
 
 
-def update_results(section: str, data: dict[str, Any], path: Path = RESULTS) -> None:
-    """Merge one benchmark's numbers into latest.json (atomic write), refreshing the machine info."""
+def update_results(section: str, data: dict[str, Any], path: Path | None = None) -> None:
+    """Merge one benchmark's numbers into ``path`` (default: the module's ``RESULTS``; atomic write),
+    refreshing the machine info."""
+    path = path or RESULTS
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         results = json.loads(path.read_text())

@@ -1,6 +1,8 @@
-"""Run every CPU benchmark (quick sizes by default) and write benchmarks/results/latest.json.
+"""Run every CPU benchmark (quick sizes by default) and write benchmarks/results/local.json.
 
     make bench                                  # = python benchmarks/run_all.py
+    python benchmarks/run_all.py --save         # write the tracked benchmarks/results/latest.json instead
+                                                # (only from a quiet machine: its numbers are published)
     python benchmarks/run_all.py --full         # the full sizes (tens of minutes on 2 cores)
     python benchmarks/run_all.py --scale        # also the ImageNet-sized memmap run (writes ~3.3 GB, deleted after)
 GPU extraction is separate: python -m benchmarks.gpu_extract on a CUDA machine."""
@@ -20,7 +22,8 @@ try:
 except ImportError:
     sys.path.insert(1, str(ROOT))  # `python benchmarks/run_all.py` puts only benchmarks/ on the path
 
-from benchmarks._common import RESULTS, say, update_results  # noqa: E402
+import benchmarks._common as common  # noqa: E402
+from benchmarks._common import say, update_results  # noqa: E402
 
 QUICK = ["knn_speed", "extract_speed", "head_grid", "lowshot_speed"]
 EXTRA_ARGS: dict[str, list[str]] = {}   # lowshot_eval now picks one thread for small solves by itself
@@ -40,8 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full", action="store_true", help="full sizes instead of --quick")
     ap.add_argument("--scale", action="store_true", help="also run benchmarks.scale (ImageNet-sized memmap)")
     ap.add_argument("--only", nargs="*", default=None, help=f"a subset of {QUICK}")
+    ap.add_argument("--save", action="store_true", help=f"write {common.LATEST.name} (tracked) instead of "
+                                                        f"{common.RESULTS.name}")
     a = ap.parse_args(argv)
-    RESULTS.unlink(missing_ok=True)     # latest.json holds one run, never a mix of runs
+    if a.save:
+        common.RESULTS = common.LATEST
+    results = common.RESULTS
+    results.unlink(missing_ok=True)     # one file holds one run, never a mix of runs
     failed = []
     for name in (a.only or QUICK) + (["scale"] if a.scale else []):
         say(f"\n== {name}")
@@ -59,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
         say(f"   {name}: {time.perf_counter() - t:.0f} s")
     update_results("demo", demo_wall())
-    print(f"\nwrote {RESULTS}")
-    print(json.dumps({k: v for k, v in json.loads(RESULTS.read_text()).items() if k != "details"}, indent=1))
+    print(f"\nwrote {results}")
+    print(json.dumps({k: v for k, v in json.loads(results.read_text()).items() if k != "details"}, indent=1))
     return 1 if failed else 0
 
 
