@@ -62,8 +62,7 @@ def save_checkpoint(path: Path, *, encoder: nn.Module, predictor: nn.Module, tar
         "batch_size": batch_size, "world_size": world_size, "lr": lr,
         "jepa_eval": {"step": step, "mask_sampler": dict(mask_state)},
     }
-    atomic_torch_save(state, path, tmp=f"{path}.tmp",
-                      after="the previous checkpoint is kept; free space and rerun with --resume")
+    atomic_torch_save(state, path, after="the previous checkpoint is kept; free space and rerun with --resume")
 
 
 def load_for_resume(path: Path) -> dict[str, Any]:
