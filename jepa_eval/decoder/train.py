@@ -18,11 +18,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pretrain.masks import MaskConfig, MultiBlockMaskCollator
-
 from ..atomic import atomic_torch_save
 from ..config_io import from_dict, read_yaml
 from ..errors import UserError
+from ..masks import MaskConfig, MultiBlockMaskCollator
 from .cache import box_offset, build_cache, to_decoder
 from .diffusion import PREDICTIONS, ddim_sample, diffusion_loss, make_scheduler
 from .features import block_boxes, box_mask, inpaint_context, pool_tokens
