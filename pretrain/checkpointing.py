@@ -14,7 +14,7 @@ import torch
 import yaml
 from torch import nn
 
-from jepa_eval.atomic import atomic_torch_save
+from jepa_eval.atomic import atomic_torch_save, atomic_write_text
 from jepa_eval.checkpoint import safe_torch_load
 from jepa_eval.errors import UserError
 
@@ -47,7 +47,7 @@ def load_module_state(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
 
 def write_config(out: Path, cfg: Config) -> Path:
     path = Path(out) / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # read beside every checkpoint
     return path
 
 
