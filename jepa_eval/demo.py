@@ -31,9 +31,7 @@ def _stage(title: str) -> float:
 
 
 def _call(*argv: object) -> None:
-    threads = torch.get_num_threads()
     code = cli([str(a) for a in argv])
-    torch.set_num_threads(threads)  # pretraining pins one thread; evaluation wants all cores
     if code:
         raise SystemExit(f"demo: `jepa-eval {' '.join(map(str, argv))}` failed with exit code {code}")
 

@@ -13,11 +13,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from .atomic import atomic_write_text, atomic_write_with
+from .checkpoint import checkpoint_name, load_checkpoint
 from .errors import UserError
 from .datasets.base import IMAGENET_MEAN, IMAGENET_STD
-from .hashindex import remembered_sha256, signature
+from .hashindex import remembered_sha256
 from .models import VARIANTS, JEPAViT
 
 CARD_FORMAT = "jepa-eval encoder export v1"
@@ -54,9 +54,6 @@ def export_encoder(spec: str, which: str, out: str | os.PathLike, num_heads: int
     """Write ``OUT/<name>-<which>.safetensors`` and its card ``OUT/<name>-<which>.json``; returns both."""
     from safetensors.torch import save_file
 
-    from .checkpoint import load_checkpoint
-    from .features import _atomic_write_text
-    from .runner import checkpoint_name
     if which not in ("target", "context"):
         raise UserError(f"encoder must be 'target' or 'context', not '{which}'")
     if str(spec).startswith(("timm:", "pixels")):
@@ -80,12 +77,9 @@ def export_encoder(spec: str, which: str, out: str | os.PathLike, num_heads: int
     tensors = {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}
     info = {"format": CARD_FORMAT, "encoder": which, "num_heads": str(kwargs["num_heads"]),
             "source_sha256": str(meta["sha256"])}
-    tmp = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=info)
-        os.replace(tmp, weights)  # readers see the whole file or none
+    try:  # atomic: readers see the whole file or none
+        atomic_write_with(weights, lambda tmp: save_file(tensors, str(tmp), metadata=info))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"could not write {weights}: {e.strerror or e}") from None
     with open(weights, "rb") as f:
         weights_sha = remembered_sha256(weights, f.fileno(), cache)
@@ -102,47 +96,5 @@ def export_encoder(spec: str, which: str, out: str | os.PathLike, num_heads: int
                    "epoch": meta.get("epoch")},
         "how_to_load": _how_to_load(weights.name, card_path.name),
     }
-    _atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
+    atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
     return weights, card_path
-
-
-_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
-
-
-def load_export(path: Path, num_heads: int | None, img_size: int | None, cache: str | os.PathLike | None):
-    """A ``.safetensors`` encoder (an export, or any state dict with these names): validated through
-    safetensors' lazy reader, its tensors read when the encoder is first used."""
-    from safetensors import SafetensorError, safe_open
-
-    from .checkpoint import (Checkpoint, _encoder_skeleton, _heads_hint, _materialize, check_strict,
-                             encoder_arch)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            info = f.metadata() or {}
-            shapes = {k: torch.empty(f.get_slice(k).get_shape(), device="meta",
-                                     dtype=_DTYPES.get(f.get_slice(k).get_dtype(), torch.float32)) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"{path} is not a readable safetensors file: {e}") from None
-    width = shapes["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in shapes else 0
-    heads = num_heads or (int(info["num_heads"]) if str(info.get("num_heads", "")).isdigit() else None)
-    arch = encoder_arch(shapes, path.name, heads or _heads_hint({}, width, None), img_size)
-    check_strict(_encoder_skeleton(arch), shapes, path.name)
-    with open(path, "rb") as fh:
-        digest, sig = remembered_sha256(path, fh.fileno(), cache), signature(os.fstat(fh.fileno()))
-
-    def build() -> torch.nn.Module:
-        if signature(os.stat(path)) != sig:
-            raise UserError(f"{path} changed on disk since it was loaded, so its recorded sha256 no longer "
-                            f"describes it; rerun")
-        model = _encoder_skeleton(arch)
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            own = model.state_dict()
-            return _materialize(model, {k: f.get_tensor(k).to(own[k].dtype) for k in f.keys()})
-
-    meta = {"path": str(path.resolve()), "sha256": digest, **arch, "source_format": "export", "epoch": None,
-            "exported_encoder": info.get("encoder"), "exported_from_sha256": info.get("source_sha256"),
-            "has_target_encoder": False, "has_context_encoder": False, "has_predictor": False,
-            "note": "exported encoder: target and context encoder are the same weights"}
-    return Checkpoint(meta=meta, builders={"target_encoder": build, "encoder": "target_encoder"})

@@ -25,6 +25,7 @@ from filelock import FileLock
 from torch import nn
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write_text
 from .errors import UserError, write_error
 
 FEATURE_CODE_VERSION = 1
@@ -108,18 +109,6 @@ def pool(encoder: nn.Module, images: torch.Tensor, pooling: str) -> torch.Tensor
     each through the final norm; blocksPOOL: those means for every block stacked, [B, depth, D]
     (per-layer analysis); tokens: all patch tokens."""
     return pool_many(encoder, images, [pooling])[pooling]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _preallocate(path: Path) -> None:
@@ -253,7 +242,7 @@ class FeatureCache:
         meta = {"shape": list(shape), "dtype": dtype, "classes": list(dataset.classes), "pooling": pooling,
                 "n": shape[0], "digest": _digest(partial / "features.npy"),
                 "labels_digest": _digest(partial / "labels.npy"), "version": FEATURE_CODE_VERSION}
-        _atomic_write_text(partial / "meta.json", json.dumps(meta))
+        atomic_write_text(partial / "meta.json", json.dumps(meta))
         (partial / "progress.json").unlink(missing_ok=True)
         os.replace(partial, entry)  # atomic: readers see a whole entry or none
 
@@ -301,7 +290,7 @@ class FeatureCache:
             for p in active:
                 outs[p].flush()
                 done[p] = stop
-                _atomic_write_text(entries[p].with_name(entries[p].name + ".partial") / "progress.json",
+                atomic_write_text(entries[p].with_name(entries[p].name + ".partial") / "progress.json",
                                    json.dumps({"done": stop}))  # the chunk is durable now
             start = stop
         bar.close()

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from .atomic import atomic_write_text
+
 INDEX_NAME = "checkpoint-sha256.json"
 MAX_ENTRIES = 2000  # beyond this the entries of files that no longer exist are dropped on write
 
@@ -32,8 +34,12 @@ def signature(st: os.stat_result) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "dev": st.st_dev}
 
 
+def default_cache_dir() -> Path:
+    """The feature cache folder (``$JEPA_EVAL_CACHE``), which also holds the sha256 index."""
+    return Path(os.environ.get("JEPA_EVAL_CACHE", Path.home() / ".cache" / "jepa-eval" / "features"))
+
+
 def default_index() -> Path:
-    from .runner import default_cache_dir  # the feature cache folder; imported late (runner imports us)
     return default_cache_dir() / INDEX_NAME
 
 
@@ -66,8 +72,7 @@ def remembered_sha256(path: str | os.PathLike, fd: int, index: str | os.PathLike
             entries[key] = {**sig, "sha256": digest}
             if len(entries) > MAX_ENTRIES:
                 entries = {k: v for k, v in entries.items() if os.path.exists(k)}
-            from .features import _atomic_write_text
-            _atomic_write_text(index, json.dumps(entries, indent=0, sort_keys=True))
+            atomic_write_text(index, json.dumps(entries, indent=0, sort_keys=True))
     except (OSError, Timeout) as e:
         print(f"jepa-eval: warning: cannot remember the sha256 of {path} in {index} ({e}); "
               f"it will be computed again next time", file=sys.stderr)

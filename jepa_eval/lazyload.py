@@ -26,6 +26,7 @@ import torch
 
 from .errors import UserError
 from .hashindex import remembered_sha256, signature
+from .statedict import check_checkpoint_path, safe_torch_load
 
 MADV_DONTNEED = 4  # Linux value; the call is only made on Linux
 
@@ -83,7 +84,6 @@ class CheckpointFile:
     ``copy(sd, like)`` the tensors a part needs into ordinary memory, ``drop()`` the mapping again."""
 
     def __init__(self, path: Path, hash_index: str | os.PathLike | None = None) -> None:
-        from .checkpoint import check_checkpoint_path
         check_checkpoint_path(path)
         self.path = path
         self._file = open(path, "rb")
@@ -109,7 +109,6 @@ class CheckpointFile:
         if signature(os.fstat(self._file.fileno())) != signature(self.st):
             raise UserError(f"checkpoint {self.path} changed on disk since it was loaded (size, mtime or "
                             f"inode differ), so its recorded sha256 no longer describes it; rerun")
-        from .checkpoint import safe_torch_load
         if self.legacy and not self._noted:
             self._noted = True
             print(f"jepa-eval: note: {self.path} is in torch's legacy (pre-1.6, non-zip) format, which cannot "
@@ -133,6 +132,7 @@ class CheckpointFile:
 
     def drop(self, keep_legacy: bool = True) -> None:
         """Forget the loaded object (unmapping the file). A legacy file's object is kept unless asked:
-        reading it again would read the whole file again."""
+        reading it again would read the whole file again. Freed heap goes back to the OS (``trim_heap``)."""
         if not self.legacy or not keep_legacy:
             self._obj = None
+        trim_heap()

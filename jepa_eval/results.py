@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from .atomic import atomic_write_json
 from .errors import UserError
 
 SCHEMA = 1
@@ -75,17 +76,7 @@ def now() -> str:
 def write_record(path: Path, record: dict[str, Any]) -> None:
     """Write atomically: the record is either absent or whole, never partial."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=1, sort_keys=False, default=_jsonable)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_json(path, record, indent=1, default=_jsonable)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 from filelock import FileLock, Timeout
 
 from .battery import Battery, BatteryEntry, load_battery
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import Checkpoint, checkpoint_name, load_checkpoint
 from .datasets import get_dataset
 from .datasets.base import eval_transform_id
 from .errors import UserError, write_error
@@ -27,19 +27,6 @@ from .results import (SCHEMA, classes_hash, git_commit, now, read_record, record
 from .task import TASKS, TaskContext, check_data, feature_needs, row_selection  # noqa: F401 - re-exported
 
 ENCODERS = ("target", "context")
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("JEPA_EVAL_CACHE", Path.home() / ".cache" / "jepa-eval" / "features"))
-
-
-def checkpoint_name(spec: str) -> str:
-    """A short display name: file stem, with the run folder for ``jepa-latest``/``jepa-epN`` files."""
-    if spec.startswith("timm:"):
-        return spec
-    path = Path(spec)
-    stem = re.sub(r"(\.pth)?(\.tar)?$", "", path.name)
-    return f"{path.parent.name}/{stem}" if re.fullmatch(r"jepa-(latest|ep\d+)", stem) else stem
 
 
 @dataclass

@@ -14,7 +14,7 @@ import torch
 import yaml
 from torch import nn
 
-from jepa_eval.atomic import atomic_torch_save
+from jepa_eval.atomic import atomic_torch_save, atomic_write_text
 from jepa_eval.checkpoint import safe_torch_load
 from jepa_eval.errors import UserError
 
@@ -47,7 +47,7 @@ def load_module_state(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
 
 def write_config(out: Path, cfg: Config) -> Path:
     path = Path(out) / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # read beside every checkpoint
     return path
 
 
@@ -62,8 +62,7 @@ def save_checkpoint(path: Path, *, encoder: nn.Module, predictor: nn.Module, tar
         "batch_size": batch_size, "world_size": world_size, "lr": lr,
         "jepa_eval": {"step": step, "mask_sampler": dict(mask_state)},
     }
-    atomic_torch_save(state, path, tmp=f"{path}.tmp",
-                      after="the previous checkpoint is kept; free space and rerun with --resume")
+    atomic_torch_save(state, path, after="the previous checkpoint is kept; free space and rerun with --resume")
 
 
 def load_for_resume(path: Path) -> dict[str, Any]:

@@ -12,8 +12,7 @@ from jepa_eval.config_io import from_dict, read_yaml
 from jepa_eval.errors import UserError, did_you_mean
 from jepa_eval.models import VARIANTS
 
-from .masks import MaskConfig
-from .monitors import MonitorConfig
+from jepa_eval.masks import MaskConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -103,6 +102,26 @@ class MetaConfig:
         if not self.write_tag or "/" in self.write_tag or ".." in self.write_tag:
             return f"write_tag must be a plain file name prefix, got {self.write_tag!r}"
         return None if self.cpu_threads is None or self.cpu_threads >= 1 else "cpu_threads must be >= 1 or null"
+
+
+@dataclass
+class MonitorConfig:
+    every: int = 250                 # steps between measurements; 0 turns the monitors off
+    images: int = 512                # held batch (label-free monitors, and k-NN queries)
+    pred_images: int = 128           # first images of the held batch that the predictor monitor uses
+    knn: bool = False                # online k-NN top-1 (the dataset must have labels)
+    knn_bank: int = 1000             # labelled training images the k-NN votes with (disjoint from the batch)
+    knn_k: int = 20
+    seed: int = 12345                # held images and monitor masks; independent of meta.seed's streams
+    rankme_drop: float = 0.5         # warn when RankMe falls below this fraction of its step-0 value
+    min_input_dep: float = 0.02      # warn when the input dependence falls below this
+
+    def validate(self) -> str | None:
+        if self.every < 0 or self.images < 2 or self.pred_images < 1 or self.knn_bank < 1 or self.knn_k < 1:
+            return "monitor: every >= 0, images >= 2, pred_images, knn_bank and knn_k >= 1"
+        if not 0 < self.rankme_drop < 1 or self.min_input_dep < 0:
+            return "monitor: rankme_drop must be in (0, 1) and min_input_dep >= 0"
+        return None
 
 
 @dataclass

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -30,28 +29,12 @@ from torch import nn
 from jepa_eval.analysis import rankme
 from jepa_eval.errors import UserError
 from jepa_eval.models import gather_tokens
+from jepa_eval.masks import MultiBlockMaskCollator
+
+from .config import MonitorConfig
+from .data import SeededRandomResizedCrop
 
 MONITOR_COLUMNS = ["rankme", "feat_std", "input_dep", "pred_std_ratio", "knn"]
-
-
-@dataclass
-class MonitorConfig:
-    every: int = 250                 # steps between measurements; 0 turns the monitors off
-    images: int = 512                # held batch (label-free monitors, and k-NN queries)
-    pred_images: int = 128           # first images of the held batch that the predictor monitor uses
-    knn: bool = False                # online k-NN top-1 (the dataset must have labels)
-    knn_bank: int = 1000             # labelled training images the k-NN votes with (disjoint from the batch)
-    knn_k: int = 20
-    seed: int = 12345                # held images and monitor masks; independent of meta.seed's streams
-    rankme_drop: float = 0.5         # warn when RankMe falls below this fraction of its step-0 value
-    min_input_dep: float = 0.02      # warn when the input dependence falls below this
-
-    def validate(self) -> str | None:
-        if self.every < 0 or self.images < 2 or self.pred_images < 1 or self.knn_bank < 1 or self.knn_k < 1:
-            return "monitor: every >= 0, images >= 2, pred_images, knn_bank and knn_k >= 1"
-        if not 0 < self.rankme_drop < 1 or self.min_input_dep < 0:
-            return "monitor: rankme_drop must be in (0, 1) and min_input_dep >= 0"
-        return None
 
 
 # ---------------------------------------------------------------- the measures, on plain tensors
@@ -116,8 +99,6 @@ class TrainingMonitor:
 
     def __init__(self, cfg: MonitorConfig, dataset, img_size: int, patch_size: int, mask_cfg,
                  device: torch.device) -> None:
-        from .data import SeededRandomResizedCrop
-        from .masks import MultiBlockMaskCollator
         self.cfg, self.device = cfg, device
         base = dataset.base if hasattr(dataset, "base") else dataset
         # small datasets (tests, digits) get smaller held sets rather than an error

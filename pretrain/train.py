@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from jepa_eval.atomic import remove_stale_temp_files
 from jepa_eval.errors import UserError
 from jepa_eval.models import JEPAPredictor, build_encoder, gather_tokens
 
@@ -157,7 +158,18 @@ def main(config: Config | str | Path, out: str | Path, epochs: int | None = None
          on_step: Callable[[int, dict[str, nn.Module]], None] | None = None) -> dict[str, Any]:
     """Train and checkpoint into ``out``. ``epochs`` overrides the config (it sets the schedules);
     ``max_steps`` stops early like a kill would, leaving a resumable ``jepa-latest.pth.tar``.
-    ``on_step(step, models)`` is called after each step on rank 0 (benchmarks evaluate there)."""
+    ``on_step(step, models)`` is called after each step on rank 0 (benchmarks evaluate there).
+    torch's CPU thread count (``meta.cpu_threads``) is restored on return, also on error: a caller that
+    evaluates next (the demo, benchmarks) keeps all its cores."""
+    threads = torch.get_num_threads()
+    try:
+        return _train(config, out, epochs, max_steps, resume, progress, on_step)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: Config | str | Path, out: str | Path, epochs: int | None, max_steps: int | None,
+           resume: bool, progress: bool, on_step: Callable[[int, dict[str, nn.Module]], None] | None) -> dict[str, Any]:
     cfg = load_config(config) if isinstance(config, (str, Path)) else copy.deepcopy(config)
     if epochs is not None:
         cfg.optimization.epochs = int(epochs)
@@ -189,6 +201,8 @@ def main(config: Config | str | Path, out: str | Path, epochs: int | None = None
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
     step, loss_value = 0, float("nan")
     if resume:
+        if rank == 0:  # what a killed run was writing when it died
+            remove_stale_temp_files([out])
         state = ckpt.load_for_resume(latest)
         for model, key in ((encoder, "encoder"), (predictor, "predictor"), (target, "target_encoder")):
             ckpt.load_module_state(model, state[key])

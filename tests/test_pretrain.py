@@ -176,3 +176,18 @@ def test_missing_dataset_plugin_is_a_clear_error(tmp_path, capsys) -> None:
         args, name = ["--config", "tiny-clevr"], "clevr-count"
     assert cli(["pretrain", *args, "--out", str(tmp_path / "o")]) == 2
     assert f"dataset '{name}'" in capsys.readouterr().err
+
+
+def test_restores_torch_thread_count_on_return_and_on_error(tmp_path) -> None:
+    """tiny-digits pins one CPU thread (meta.cpu_threads); the caller's count comes back either way."""
+    from jepa_eval.errors import UserError
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(UserError, match="no jepa-latest"):
+            main(load_config("tiny-digits", **TINY), tmp_path / "none", resume=True, progress=False)
+        assert torch.get_num_threads() == 2
+        main(load_config("tiny-digits", **TINY), tmp_path / "run", max_steps=1, progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -122,7 +122,7 @@ def test_kill_during_pretraining_resumes_bit_exact(tmp_path, capsys):
     proc = cli_popen(["pretrain", "--config", config, "--out", run], tmp_path / "killed.log")
     try:
         wait_for(latest.exists, proc, what="the first checkpoint")
-        wait_for(lambda: block_writes_to(Path(f"{latest}.tmp")), proc, what="the FIFO")
+        wait_for(lambda: block_writes_to(latest.with_name(f".{latest.name}.{proc.pid}.tmp")), proc, what="the FIFO")
         # the process now trains epoch 2 and stops inside the next checkpoint write: kill it there
         # training rows only: the monitors' step-0 row has no loss
         wait_for(lambda: len([r for r in log_rows(run) if r["loss"]]) >= 8, proc, what="step 8")
@@ -130,7 +130,7 @@ def test_kill_during_pretraining_resumes_bit_exact(tmp_path, capsys):
         kill9(proc)
     state = torch.load(latest, map_location="cpu", weights_only=True)
     assert state["jepa_eval"]["step"] == 4 and state["epoch"] == 1  # the last whole checkpoint
-    half_written(Path(f"{latest}.tmp"), b"PK\x03\x04 half a zip")
+    half_written(latest.with_name(f".{latest.name}.{proc.pid}.tmp"), b"PK\x03\x04 half a zip")
 
     code, out, err = cli_inprocess(capsys, ["pretrain", "--config", config, "--out", run, "--resume"])
     assert code == 0, err

@@ -2,15 +2,14 @@
 ``images/{split}/CLEVR_{split}_{i:06d}.png`` and ``scenes/CLEVR_{split}_scenes.json``."""
 from __future__ import annotations
 
-import json
 import multiprocessing
-import os
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image
 
+from ..atomic import atomic_write_json
 from .render import render_scene
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}   # part of each scene's seed: splits never share scenes
@@ -56,8 +55,5 @@ def write_split(out: str | Path, split: str, n: int, size: int, seed: int, worke
             "seed": seed, "width": width, "height": height, "supersample": supersample,
             "license": "Creative Commons Attribution (CC BY 4.0)"}
     path = out / "scenes" / f"CLEVR_{split}_scenes.json"
-    tmp = path.with_suffix(".json.tmp")
-    with open(tmp, "w") as f:
-        json.dump({"info": info, "scenes": scenes}, f)
-    os.replace(tmp, path)   # a reader never sees half a file
+    atomic_write_json(path, {"info": info, "scenes": scenes}, newline=False)   # a reader never sees half a file
     return scenes

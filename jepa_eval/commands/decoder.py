@@ -101,13 +101,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _save_npz(path: str, arrays: dict) -> None:
-    import os
     from pathlib import Path
-    import numpy as np
+    from ..atomic import atomic_np_savez
     out = Path(path)
     if out.suffix != ".npz":
         raise UserError(f"--out must name a .npz file, not {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, out)
+    atomic_np_savez(out, arrays, compressed=True)

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint
     from ..datasets import get_dataset
     from ..features import FeatureCache, check_pooling
-    from ..runner import default_cache_dir
+    from ..hashindex import default_cache_dir
     check_pooling(args.pooling)
     ck = load_checkpoint(args.checkpoint, cache=args.cache)
     ds = get_dataset(args.dataset, args.root, split=args.split, image_size=int(ck.meta["img_size"]),

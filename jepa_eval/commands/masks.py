@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from jepa_eval.errors import UserError
     from pretrain.config import load_config
     from pretrain.data import EpochSampler, build_dataset
-    from pretrain.masks import MultiBlockMaskCollator
+    from ..masks import MultiBlockMaskCollator
     if args.n < 1:
         raise UserError(f"--n must be positive, got {args.n}")
     cfg = load_config(args.config, **({"data": {"root": args.root}} if args.root else {}))

@@ -53,7 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..results import load, summary_table
     from ..launchers import LAUNCHERS, LaunchOptions
-    from ..runner import check_output_dir, default_cache_dir, plan
+    from ..hashindex import default_cache_dir
+    from ..runner import check_output_dir, plan
     out = Path(args.out)
     check_output_dir(out)
     encoders = ["target", "context"] if args.encoder == "both" else [args.encoder]

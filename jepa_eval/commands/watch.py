@@ -67,7 +67,8 @@ def log(msg: str) -> None:
 def scan(args: argparse.Namespace, seen: dict[Path, tuple[int, int]]) -> int:
     """Evaluate every complete checkpoint not yet seen in this state; returns how many were evaluated."""
     from ..checkpoint import load_checkpoint
-    from ..runner import default_cache_dir, plan, run_job
+    from ..hashindex import default_cache_dir
+    from ..runner import plan, run_job
     from .run import parse_roots
     encoders = ["target", "context"] if args.encoder == "both" else [args.encoder]
     done = 0

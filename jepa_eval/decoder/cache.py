@@ -8,7 +8,6 @@ smaller (224-px ImageNet images would not fit in memory), C = 1 when every image
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..atomic import atomic_np_savez
 from .features import to_unit
 
 
@@ -70,9 +70,7 @@ def build_cache(ck: Any, dataset: Any, path: Path, device: str, with_tokens: boo
     if with_tokens:
         out["tokens"] = torch.cat(tokens).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **out)
-    os.replace(tmp, path)
+    atomic_np_savez(path, out)
     log(f"cached {len(unit)} representations ({channels} channel{'s' * (channels > 1)}) -> {path}")
     return out
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..atomic import atomic_torch_save
+from ..atomic import atomic_torch_save, atomic_write_text
 from ..errors import UserError
 
 
@@ -100,16 +100,12 @@ class RCDMDecoder(nn.Module):
         return self.unet(noisy, t, class_labels=emb).sample
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    atomic_torch_save(obj, path)
-
-
 def save_decoder(model: RCDMDecoder, folder: Path) -> None:
     """Write ``decoder.json`` and ``decoder.pt`` (the weights to sample with, i.e. the EMA ones, in fp16:
     half the size, and sampling casts them back to fp32)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "decoder.json").write_text(model.spec.to_json())
-    atomic_save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()},
+    atomic_write_text(folder / "decoder.json", model.spec.to_json())
+    atomic_torch_save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()},
                 folder / "decoder.pt")
 
 

@@ -13,9 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pretrain.masks import MaskConfig, MultiBlockMaskCollator
-
 from ..errors import UserError
+from ..masks import MaskConfig, MultiBlockMaskCollator
 from .cache import box_offset, encode_images, from_decoder, to_decoder, to_uint8
 from .diffusion import ddim_sample
 from .features import block_boxes, box_mask, inpaint_context, pool_tokens, to_unit

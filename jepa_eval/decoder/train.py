@@ -18,14 +18,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pretrain.masks import MaskConfig, MultiBlockMaskCollator
-
+from ..atomic import atomic_torch_save
 from ..config_io import from_dict, read_yaml
 from ..errors import UserError
+from ..masks import MaskConfig, MultiBlockMaskCollator
 from .cache import box_offset, build_cache, to_decoder
 from .diffusion import PREDICTIONS, ddim_sample, diffusion_loss, make_scheduler
 from .features import block_boxes, box_mask, inpaint_context, pool_tokens
-from .model import DecoderSpec, RCDMDecoder, UNetConfig, atomic_save, save_decoder
+from .model import DecoderSpec, RCDMDecoder, UNetConfig, save_decoder
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -238,8 +238,9 @@ def train_decoder(ck: Any, dataset: Any, out: str | Path, cfg: DecoderConfig, re
         return m.eval()
 
     def checkpoint_files() -> None:
-        atomic_save({"step": step, "spec": spec.to_json(), "model": model.state_dict(), "opt": opt.state_dict(),
-                     "lr_sched": lr_sched.state_dict(), "ema": ema.state_dict(), "train": asdict(tc)}, state_path)
+        atomic_torch_save({"step": step, "spec": spec.to_json(), "model": model.state_dict(),
+                           "opt": opt.state_dict(), "lr_sched": lr_sched.state_dict(), "ema": ema.state_dict(),
+                           "train": asdict(tc)}, state_path)
         save_decoder(ema_model(), out)
 
     def write_samples() -> Path:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_json
 from ..results import now, read_record
 
 SUBMISSION = "submission.json"
@@ -36,9 +37,7 @@ def append_submission(out: Path, launcher: str, folder: Path, snapshot: Path, op
     data["submissions"].append({"submitted": now(), "launcher": launcher, "folder": str(folder),
                                 "snapshot": str(snapshot), "options": options, "jobs": jobs})
     path = Path(out) / SUBMISSION
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, data, indent=1)
 
 
 def latest_jobs(data: dict[str, Any]) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from .knn import unit_rows
 from .stream import chunk_rows, iter_blocks
 
 DEFAULT_LAMBDAS = tuple(float(v) for v in np.logspace(1, -9, 21))
@@ -32,12 +33,8 @@ ONE_THREAD_BELOW = 10**9
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """A float32 copy with unit-norm rows (the input is never modified)."""
-    out = np.array(x, dtype=np.float32, copy=True)
-    if not np.isfinite(out).all():
-        raise UserError("features contain NaN or inf values; refusing to evaluate them")
-    out /= np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
-    return out
+    """A float32 copy with unit-norm rows (the input is never modified): k-NN's ``unit_rows``, as numpy."""
+    return unit_rows(x).numpy()
 
 
 def k_per_class_subset(y: np.ndarray, k: int, seed: int, classes: Sequence[str] | None = None) -> np.ndarray:

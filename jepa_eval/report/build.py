@@ -9,7 +9,8 @@ from typing import Iterable
 
 import pandas as pd
 
-from ..errors import UserError
+from ..atomic import atomic_write_bytes, remove_stale_temp_files
+from ..errors import UserError, write_error
 from ..results import iter_records, load, now
 from . import figures as figs
 from .render import Section, to_html, to_markdown
@@ -27,29 +28,10 @@ class ReportPaths:
 
 
 def _write(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
-        os.replace(tmp, path)  # a browser refreshing the report never sees half a file
+    try:  # atomic: a browser refreshing the report never sees half a file
+        atomic_write_bytes(path, data if isinstance(data, bytes) else data.encode("utf-8"))
     except OSError as e:  # disk full, quota: the previous report file stays whole
-        tmp.unlink(missing_ok=True)
-        from ..errors import write_error
         raise write_error(path, e, "the report file", "the previous report is kept; rerun to rewrite it") from None
-
-
-def _remove_stale_temp_files(folders: Iterable[Path]) -> None:
-    """Temporary files of a report process killed mid-write (those of a live process are kept)."""
-    for folder in folders:
-        for tmp in folder.glob(".*.*.tmp"):
-            pid = tmp.name.rsplit(".", 2)[-2]
-            if not pid.isdigit():
-                continue
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
 
 
 def build_report(results: Iterable[str | os.PathLike], out: str | os.PathLike,
@@ -67,7 +49,7 @@ def build_report(results: Iterable[str | os.PathLike], out: str | os.PathLike,
         raise UserError(f"no result records under {', '.join(map(str, dirs))}; run `jepa-eval run` first")
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    _remove_stale_temp_files([out, out / "figures"])
+    remove_stale_temp_files([out, out / "figures"])
     published = load_published()
     agg = aggregate(df)
     _, display = pivot(agg, published)

@@ -32,8 +32,7 @@ class CKATask(Task):
         references: list[str] = field(default_factory=list)
 
     def _reference(self, ctx: TaskContext, ref: str, pooling: str) -> tuple[str, np.ndarray]:
-        from ..checkpoint import load_checkpoint
-        from ..runner import checkpoint_name
+        from ..checkpoint import checkpoint_name, load_checkpoint
         if ref in ("target", "context"):
             ck, encoder, name = ctx.checkpoint, ref, f"this [{ref}]"
         else:
