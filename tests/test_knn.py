@@ -76,7 +76,7 @@ def memmap_blobs(tmp_path, n=900, classes=5, dim=24):
     return np.load(tmp_path / "train.npy", mmap_mode="r"), y, tx, ty
 
 
-def test_auto_takes_the_streaming_search_on_cpu_and_faiss_on_a_gpu(tmp_path, capsys, monkeypatch):
+def test_auto_takes_faiss_and_either_backend_gives_the_same_votes(tmp_path, capsys, monkeypatch):
     from jepa_eval.probes import knn as knn_mod
     mm, y, tx, ty = memmap_blobs(tmp_path)
     ran = []
@@ -85,11 +85,11 @@ def test_auto_takes_the_streaming_search_on_cpu_and_faiss_on_a_gpu(tmp_path, cap
     monkeypatch.setattr(knn_mod, "faiss_topk", lambda *a, **kw: ran.append("faiss") or real_faiss(*a, **kw))
     ks = (1, 10, 50)
     auto = knn_eval(mm, y, tx, ty, ks=ks, chunk=200)
-    assert ran == ["streaming"] and "k-NN via streaming (CPU" in capsys.readouterr().err
+    assert ran == ["faiss"] and "k-NN via faiss (FAISS CPU flat index" in capsys.readouterr().err
     assert len(set(auto.values())) > 1 and 20 < auto[10] < 100
     # an explicit backend wins, and verbose=False keeps stderr clean
-    assert knn_eval(mm, y, tx, ty, ks=ks, backend="faiss", verbose=False) == auto
-    assert ran[-1] == "faiss" and capsys.readouterr().err == ""
+    assert knn_eval(mm, y, tx, ty, ks=ks, backend="streaming", verbose=False) == auto
+    assert ran[-1] == "streaming" and capsys.readouterr().err == ""
     monkeypatch.setattr(knn_mod, "_faiss_gpu", lambda: True)
     assert knn_mod.choose_knn_backend(1_281_167, 1280)[0] == "faiss"          # GPU index: GPU memory
     np.testing.assert_array_equal(np.load(tmp_path / "train.npy"), mm)
@@ -105,8 +105,8 @@ def test_both_backends_give_identical_accuracies(tmp_path, chunk, query_chunk):
     assert faiss_acc == stream_acc
 
 
-def test_streaming_search_finds_the_exact_top_k_across_chunks():
-    from jepa_eval.probes.knn import streaming_topk, unit_rows
+def test_both_searches_find_the_exact_top_k_across_chunks():
+    from jepa_eval.probes.knn import faiss_topk, streaming_topk, unit_rows
     rng = np.random.default_rng(3)
     train, queries = rng.normal(size=(500, 8)).astype(np.float32), unit_rows(rng.normal(size=(40, 8)))
     sims, idx = streaming_topk(train, queries, 9, chunk=37, query_chunk=6)   # the first chunk holds > 9 rows
@@ -115,12 +115,16 @@ def test_streaming_search_finds_the_exact_top_k_across_chunks():
     assert torch.equal(idx, exact.indices)
     sims, idx = streaming_topk(train, queries, 9, chunk=4)                   # chunks smaller than k
     assert torch.equal(idx, exact.indices)
+    for chunk in (37, 4, 1000):                                              # FAISS, one chunk at a time
+        sims, idx = faiss_topk(train, queries, 9, chunk=chunk)
+        torch.testing.assert_close(sims, exact.values)
+        assert torch.equal(idx, exact.indices)
 
 
 def test_choose_backend_rule():
     from jepa_eval.probes.knn import choose_knn_backend
-    assert choose_knn_backend(1_281_167, 1280)[0] == "streaming"      # CPU (tests never see a GPU)
-    assert choose_knn_backend(50_000, 384, "faiss")[0] == "faiss"
+    assert choose_knn_backend(1_281_167, 1280)[0] == "faiss"          # chunked: memory is one chunk
+    assert choose_knn_backend(50_000, 384, "streaming")[0] == "streaming"
     with pytest.raises(UserError, match="backend"):
         choose_knn_backend(10, 4, "annoy")
     with pytest.raises(UserError):
@@ -140,4 +144,15 @@ def test_knn_task_passes_backend_and_records_the_path_taken(tmp_path):
         assert results[backend].details["backend"] == backend
     assert results["faiss"].metrics == results["streaming"].metrics
     auto = task(build_params(task, {"ks": [5, 20]}, "test")).run(ctx)
-    assert auto.details["backend"] == "streaming" and auto.metrics == results["faiss"].metrics
+    assert auto.details["backend"] == "faiss" and auto.metrics == results["streaming"].metrics
+
+
+def test_unit_rows_equals_torch_normalize_and_refuses_inf():
+    from jepa_eval.probes.knn import unit_rows
+    x = np.random.default_rng(0).normal(size=(300, 17)).astype(np.float16)
+    x[5] = 0                                                          # a zero row stays zero (eps), no NaN
+    expected = torch.nn.functional.normalize(torch.from_numpy(x.astype(np.float32)), dim=1, eps=1e-12)
+    assert torch.equal(unit_rows(x), expected)
+    x[7, 3] = np.inf
+    with pytest.raises(UserError, match="NaN or inf"):
+        unit_rows(x)
