@@ -91,6 +91,8 @@ def run(out: Path, report: Path, quick: bool = False) -> dict:
     rand = random_init_checkpoint(out / "random-init" / "jepa-random-init.pth.tar")
     roots = ["--root", f"clevr-count={clevr}", "--root", f"clevr-dist={clevr}"]
     results = out / "results"
+    # the demo's own scratch records: a previous demo checkpoint's would join the report as another model
+    shutil.rmtree(results, ignore_errors=True)
     common = ["--battery", "smoke" if quick else "default", "--out", results, "--cache", out / "cache", *roots]
     _call("run", "--checkpoint", ck, "--encoder", "both", *common)
     _call("run", "--checkpoint", rand, "--checkpoint", "pixels:28", *common)
@@ -99,10 +101,11 @@ def run(out: Path, report: Path, quick: bool = False) -> dict:
     t = _stage("3/4 what the representation and the predictor know: the diffusion decoder")
     report.mkdir(parents=True, exist_ok=True)
     decoder = out / "decoder"
-    # a short run shows the command; a few hundred CPU steps do not learn enough to draw from
+    # a short run shows the command; a few hundred CPU steps do not learn enough to draw from. Trained anew
+    # each time (seconds): a kept one may belong to a previous demo checkpoint
+    shutil.rmtree(decoder, ignore_errors=True)
     _call("decoder", "train", "--checkpoint", ck, "--dataset", data, "--out", decoder, "--config", "cpu",
-          "--max-steps", 5 if quick else 30, "--max-samples", 500 if quick else 2000,
-          *(["--resume"] if (decoder / "state.pt").exists() else []))
+          "--max-steps", 5 if quick else 30, "--max-samples", 500 if quick else 2000)
     figures = []
     for mode, name, caption in (
             ("image", "decoder-image.png", "What the representation knows: per row a test image, samples "
