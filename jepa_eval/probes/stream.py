@@ -43,9 +43,16 @@ def read_rows(x: np.ndarray, start: int, stop: int, rows: np.ndarray | None = No
     """Rows ``start:stop`` (or only the absolute indices ``rows`` within them, in that order) as a private
     float32 array; NaN/inf features are refused."""
     part = x[start:stop]
-    block = np.asarray(part[rows - start] if rows is not None else part, dtype=np.float32)
+    picked = part[rows - start] if rows is not None else part
+    if picked.dtype == np.float16 and rows is not None:   # a private copy already: torch widens it 4-5x faster
+        return _checked(torch.from_numpy(picked).to(torch.float32).numpy())
+    block = np.asarray(picked, dtype=np.float32)
     if np.may_share_memory(block, part):    # never hand out a view of the (mem-mapped) source
         block = block.copy()
+    return _checked(block)
+
+
+def _checked(block: np.ndarray) -> np.ndarray:
     if not np.isfinite(block).all():
         raise UserError("features contain NaN or inf values; refusing to train on them")
     return block
@@ -87,7 +94,7 @@ def epoch_batches(x: np.ndarray, y: np.ndarray, rows: np.ndarray, batch_size: in
         feats = read_rows(x, int(sorted_rows[0]), int(sorted_rows[-1]) + 1, sorted_rows)
         inverse = np.empty_like(back)
         inverse[back] = np.arange(len(back))
-        feats_t = torch.from_numpy(feats).to(device)[torch.from_numpy(inverse).to(device)]
+        feats_t = torch.from_numpy(feats).to(device).index_select(0, torch.from_numpy(inverse).to(device))
         labels_t = torch.from_numpy(np.asarray(y[sel], dtype=np.int64)).to(device)
         for i in range(0, len(sel), batch_size):
             yield feats_t[i:i + batch_size], labels_t[i:i + batch_size]
