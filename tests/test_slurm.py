@@ -18,7 +18,7 @@ from jepa_eval.cli import main
 from jepa_eval.launchers.state import load_submission, wait
 from jepa_eval.runner import plan, run_in_process
 
-pytestmark = [pytest.mark.slurm,
+pytestmark = [pytest.mark.slurm, pytest.mark.slow,
               pytest.mark.skipif(shutil.which("sinfo") is None,
                                  reason="no SLURM here (`sinfo` not on PATH); .ci/run starts a local cluster")]
 ROOT = Path(__file__).resolve().parents[1]
