@@ -10,6 +10,7 @@ import sys
 
 from . import __version__
 from .errors import UserError, write_error
+from .log import setup_cli_logging
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
 
@@ -51,6 +52,7 @@ def _one_line(err: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    setup_cli_logging()    # the library logs; the command line shows INFO and above as stderr lines
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,9 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_write_text
 from .errors import UserError, write_error
+from .log import get_logger
+
+log = get_logger(__name__)
 
 FEATURE_CODE_VERSION = 1
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -165,8 +167,7 @@ class FeatureCache:
             if x.shape[0] != y.shape[0] or list(x.shape) != meta["shape"]:
                 raise ValueError("shape mismatch")
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-            print(f"jepa-eval: feature cache entry {entry.name} is damaged ({e}); rebuilding it",
-                  file=sys.stderr)
+            log.warning(f"jepa-eval: feature cache entry {entry.name} is damaged ({e}); rebuilding it")
             shutil.rmtree(entry, ignore_errors=True)
             return None
         return Features(x=x, y=y, classes=meta["classes"], key=key, path=entry)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
 from .atomic import atomic_write_text
+from .log import get_logger
+
+log = get_logger(__name__)
 
 INDEX_NAME = "checkpoint-sha256.json"
 MAX_ENTRIES = 2000  # beyond this the entries of files that no longer exist are dropped on write
@@ -74,6 +76,6 @@ def remembered_sha256(path: str | os.PathLike, fd: int, index: str | os.PathLike
                 entries = {k: v for k, v in entries.items() if os.path.exists(k)}
             atomic_write_text(index, json.dumps(entries, indent=0, sort_keys=True))
     except (OSError, Timeout) as e:
-        print(f"jepa-eval: warning: cannot remember the sha256 of {path} in {index} ({e}); "
-              f"it will be computed again next time", file=sys.stderr)
+        log.warning(f"jepa-eval: warning: cannot remember the sha256 of {path} in {index} ({e}); "
+                    f"it will be computed again next time")
     return digest

@@ -26,7 +26,10 @@ import torch
 
 from .errors import UserError
 from .hashindex import remembered_sha256, signature
+from .log import get_logger
 from .statedict import check_checkpoint_path, safe_torch_load
+
+log = get_logger(__name__)
 
 MADV_DONTNEED = 4  # Linux value; the call is only made on Linux
 
@@ -111,10 +114,10 @@ class CheckpointFile:
                             f"inode differ), so its recorded sha256 no longer describes it; rerun")
         if self.legacy and not self._noted:
             self._noted = True
-            print(f"jepa-eval: note: {self.path} is in torch's legacy (pre-1.6, non-zip) format, which cannot "
-                  f"be memory-mapped: it is read whole ({self.st.st_size / 2**30:.1f} GiB). Re-save it once "
-                  f"with torch.save(torch.load(OLD, weights_only=True), NEW) to load only what a task needs",
-                  file=sys.stderr)
+            log.warning(f"jepa-eval: note: {self.path} is in torch's legacy (pre-1.6, non-zip) format, which "
+                        f"cannot be memory-mapped: it is read whole ({self.st.st_size / 2**30:.1f} GiB). Re-save "
+                        f"it once with torch.save(torch.load(OLD, weights_only=True), NEW) to load only what a "
+                        f"task needs")
         self._obj = safe_torch_load(self.fd_path, mmap=not self.legacy, shown=self.path)
         return self._obj
 

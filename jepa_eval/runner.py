@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,10 @@ from .errors import UserError, write_error
 from .features import FeatureCache, Features
 from .results import (SCHEMA, classes_hash, git_commit, now, read_record, record_id, thread_counts, versions,
                       write_record)
+from .log import get_logger
 from .task import TASKS, TaskContext, check_data, feature_needs, row_selection  # noqa: F401 - re-exported
+
+log = get_logger(__name__)
 
 ENCODERS = ("target", "context")
 
@@ -258,7 +260,7 @@ def run_in_process(jobs: list[Job], force: bool = False, progress: bool = True) 
             loaded[current].release()  # at most one checkpoint's weights in memory at a time
         current = job.spec
         path = run_job(job, loaded[job.spec], force=force, progress=progress,
-                       log=lambda m: print(m, file=sys.stderr), wanted=wanted)
+                       log=log.info, wanted=wanted)
         if path is not None:
             done.append(path)
     return done

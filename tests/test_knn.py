@@ -76,7 +76,9 @@ def memmap_blobs(tmp_path, n=900, classes=5, dim=24):
     return np.load(tmp_path / "train.npy", mmap_mode="r"), y, tx, ty
 
 
-def test_auto_takes_faiss_and_either_backend_gives_the_same_votes(tmp_path, capsys, monkeypatch):
+def test_auto_takes_faiss_and_either_backend_gives_the_same_votes(tmp_path, caplog, monkeypatch):
+    import logging
+    caplog.set_level(logging.INFO, logger="jepa_eval")
     from jepa_eval.probes import knn as knn_mod
     mm, y, tx, ty = memmap_blobs(tmp_path)
     ran = []
@@ -85,11 +87,12 @@ def test_auto_takes_faiss_and_either_backend_gives_the_same_votes(tmp_path, caps
     monkeypatch.setattr(knn_mod, "faiss_topk", lambda *a, **kw: ran.append("faiss") or real_faiss(*a, **kw))
     ks = (1, 10, 50)
     auto = knn_eval(mm, y, tx, ty, ks=ks, chunk=200)
-    assert ran == ["faiss"] and "k-NN via faiss (FAISS CPU flat index" in capsys.readouterr().err
+    assert ran == ["faiss"] and "k-NN via faiss (FAISS CPU flat index" in caplog.text
+    caplog.clear()
     assert len(set(auto.values())) > 1 and 20 < auto[10] < 100
     # an explicit backend wins, and verbose=False keeps stderr clean
     assert knn_eval(mm, y, tx, ty, ks=ks, backend="streaming", verbose=False) == auto
-    assert ran[-1] == "streaming" and capsys.readouterr().err == ""
+    assert ran[-1] == "streaming" and caplog.text == ""
     monkeypatch.setattr(knn_mod, "_faiss_gpu", lambda: True)
     assert knn_mod.choose_knn_backend(1_281_167, 1280)[0] == "faiss"          # GPU index: GPU memory
     np.testing.assert_array_equal(np.load(tmp_path / "train.npy"), mm)

@@ -9,7 +9,6 @@ missing and whose last job is not pending or running."""
 from __future__ import annotations
 
 import shutil
-import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,7 +21,10 @@ from ..errors import UserError
 from ..runner import Job
 from . import LaunchOptions, Launcher, register_launcher
 from .state import ACTIVE, append_submission, job_table, wait
+from ..log import get_logger
 from .units import UnitRunner, WorkUnit, freeze_battery, job_setup, plan_units, snapshot_code
+
+log = get_logger(__name__)
 
 JOBS_FOLDER = "jobs"
 
@@ -69,15 +71,15 @@ class SubmititLauncher(Launcher):
         todo_p = [u for u in probes if u.key not in active]
         busy = len(features) + len(probes) - len(todo_f) - len(todo_p)
         if not todo_f and not todo_p:
-            print(f"nothing to submit: {busy} job(s) still pending/running" if busy else
-                  "nothing to submit: every record exists", file=sys.stderr)
+            log.info(f"nothing to submit: {busy} job(s) still pending/running" if busy else
+                     "nothing to submit: every record exists")
             return self.finish(out, options) if busy else True
         snapshot = snapshot_code(folder)
         with clean_env():  # a submission from inside a job must not inherit its SLURM_*/SUBMITIT_* vars
             submitted = self.submit(todo_f, todo_p, active, folder, options, snapshot, out)
         n_f = sum(1 for s in submitted if s["kind"] == "features")
-        print(f"submitted {n_f} features job(s) and {len(submitted) - n_f} probe job(s) "
-              f"({busy} already pending/running); logs in {folder}", file=sys.stderr)
+        log.info(f"submitted {n_f} features job(s) and {len(submitted) - n_f} probe job(s) "
+                 f"({busy} already pending/running); logs in {folder}")
         return self.finish(out, options)
 
     def submit(self, features: list[WorkUnit], probes: list[WorkUnit], active: dict[str, str], folder: Path,
@@ -135,7 +137,7 @@ class SlurmLauncher(SubmititLauncher):
 
     def finish(self, out: Path, options: LaunchOptions) -> bool:
         if not options.wait:
-            print(f"follow with: jepa-eval status {out}", file=sys.stderr)
+            log.info(f"follow with: jepa-eval status {out}")
             return False
         wait(out, poll_s=5.0)
         return True

@@ -6,13 +6,15 @@ inner-product index per chunk (on the GPU with faiss-gpu) and torch matmul + top
 ``choose_knn_backend`` says which one "auto" takes and why; both give the same accuracies."""
 from __future__ import annotations
 
-import sys
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..errors import UserError
+from ..log import get_logger
+
+log = get_logger(__name__)
 
 BACKENDS = ("auto", "faiss", "streaming")
 QUERY_BLOCK_BYTES = 128 << 20          # one [queries x train chunk] float32 similarity block at most
@@ -148,12 +150,12 @@ def knn_eval(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_
     from the training labels. Features may be memory-maps: they are normalized chunk by chunk.
 
     ``backend``: "faiss" (a flat index per ``chunk`` of training rows, on the GPU with faiss-gpu), "streaming"
-    (torch matmul + top-k per chunk) or "auto" (``choose_knn_backend``). One line on stderr says which path
-    ran and why (``verbose=False`` silences it)."""
+    (torch matmul + top-k per chunk) or "auto" (``choose_knn_backend``). One line is logged (INFO; the
+    command line shows it on stderr) saying which path ran and why (``verbose=False`` silences it)."""
     train_y, test_y, ks, k_max = check_knn_inputs(train_x, train_y, test_x, test_y, ks)
     backend, why = choose_knn_backend(len(train_x), train_x.shape[1], backend)
     if verbose:
-        print(f"jepa-eval: k-NN via {backend} ({why})", file=sys.stderr, flush=True)
+        log.info("jepa-eval: k-NN via %s (%s)", backend, why)
     queries = unit_rows(test_x)
     if backend == "faiss":
         sims, idx = faiss_topk(train_x, queries, k_max, chunk)
