@@ -14,6 +14,7 @@ from pretrain.config import load_config
 from pretrain.monitors import (MONITOR_COLUMNS, MonitorConfig, TrainingMonitor, input_dependence,
                                pooled_std, prediction_std_ratio)
 from pretrain.train import LOG_COLUMNS, build_models, main
+from _states import assert_same_training_state
 
 # tiny-digits: 128 images / batch 32 = 4 steps per epoch, 2 epochs: 8 steps
 TINY = dict(data={"max_samples": 128}, optimization={"epochs": 2, "warmup": 0.5})
@@ -96,12 +97,7 @@ def test_monitors_leave_training_bit_identical(tmp_path) -> None:
     assert off["step"] == on["step"] == 8 and on["monitor_seconds"] > 0 == off["monitor_seconds"]
     a = torch.load(tmp_path / "off" / "jepa-latest.pth.tar", map_location="cpu", weights_only=True)
     b = torch.load(tmp_path / "on" / "jepa-latest.pth.tar", map_location="cpu", weights_only=True)
-    for key in ("encoder", "predictor", "target_encoder"):
-        for k in a[key]:
-            assert torch.equal(a[key][k], b[key][k]), f"{key}.{k} differs with monitors on"
-    for pid, s in a["opt"]["state"].items():
-        assert torch.equal(s["exp_avg_sq"], b["opt"]["state"][pid]["exp_avg_sq"])
-    assert a["jepa_eval"] == b["jepa_eval"]
+    assert_same_training_state(a, b, "with monitors on")
     rows_off, rows_on = _rows(tmp_path / "off"), _rows(tmp_path / "on")
     assert list(rows_on[0]) == LOG_COLUMNS
     assert [r["loss"] for r in rows_off] == [r["loss"] for r in rows_on if r["loss"]]
