@@ -71,6 +71,28 @@ def cli_popen(argv: list, log: Path, **kw) -> subprocess.Popen:
                                 **kw)
 
 
+_PAUSE_AFTER = """
+import importlib, sys, time
+module, name, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+mod = importlib.import_module(module)
+real = getattr(mod, name)
+setattr(mod, name, lambda *a, **kw: (real(*a, **kw), time.sleep(seconds))[0])
+from jepa_eval.cli import main
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+def cli_popen_pausing(argv: list, log: Path, after: str, seconds: float = 2.0) -> subprocess.Popen:
+    """``cli_popen``, but the child sleeps ``seconds`` after each call of ``after`` ('module:function', looked
+    up in that module's namespace at call time). On a fast machine a tiny run can write its next state
+    between two polls of the test; the pause leaves the test time to put its FIFO in place first."""
+    module, name = after.split(":")
+    with open(log, "w") as f:
+        return subprocess.Popen([sys.executable, "-c", _PAUSE_AFTER, module, name, str(seconds),
+                                 *[str(a) for a in argv]], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env=cli_env())
+
+
 def wait_for(condition: Callable[[], object], proc: subprocess.Popen | None = None, timeout: float = 240,
              what: str = "condition") -> object:
     """Poll ``condition`` until it returns something truthy; fail early if ``proc`` exits first."""
