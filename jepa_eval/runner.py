@@ -241,8 +241,9 @@ def check_output_dir(out: Path) -> None:
 def run_in_process(jobs: list[Job], force: bool = False, progress: bool = True) -> list[Path]:
     """Run jobs here, loading each checkpoint once. Checkpoints are all loaded (validated) first."""
     loaded: dict[str, Checkpoint] = {}
-    for spec in dict.fromkeys(j.spec for j in jobs):
-        loaded[spec] = load_checkpoint(spec)
+    for job in jobs:
+        if job.spec not in loaded:  # the sha256 of a file is remembered in the jobs' feature cache folder
+            loaded[job.spec] = load_checkpoint(job.spec, cache=job.cache)
     pending = []  # jobs that will run: the poolings they read from each split are extracted together
     for job in jobs:
         try:

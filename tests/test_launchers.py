@@ -104,7 +104,8 @@ def test_local_launcher_matches_in_process_and_resubmits_nothing(tmp_path, monke
 
 @pytest.mark.slow
 def test_pretrain_job_runs_every_rank_and_resumes_from_latest(tmp_path, monkeypatch):
-    from jepa_eval.launchers.pretrain_job import LATEST, PretrainJob, submit_pretrain
+    from jepa_eval.launchers import LAUNCHERS, LaunchOptions, PretrainRequest
+    from jepa_eval.launchers.pretrain_job import LATEST, PretrainJob
     mod = tmp_path / "mod"
     mod.mkdir()
     (mod / "fake_train.py").write_text(
@@ -116,9 +117,9 @@ def test_pretrain_job_runs_every_rank_and_resumes_from_latest(tmp_path, monkeypa
         "    return rank\n")
     monkeypatch.setenv("PYTHONPATH", f"{mod}:{Path(__file__).resolve().parents[1]}")
     out = tmp_path / "run"
-    job = submit_pretrain("cfg.yaml", out, launcher="local", gpus_per_node=0, tasks_per_node=2,
-                          timeout_min=5, overrides={"epochs": 3}, entry="fake_train:main")
-    job.wait()
+    request = PretrainRequest("cfg.yaml", out, overrides={"epochs": 3}, gpus_per_node=0, tasks_per_node=2,
+                              entry="fake_train:main")
+    LAUNCHERS.get("local")().pretrain(request, LaunchOptions(timeout_min=5)).job.wait()
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks == [{"world": "2", "resume": False, "config": "cfg.yaml", "epochs": 3}] * 2
     assert [r["state"] for r in job_table(out)] == ["done"]

@@ -169,3 +169,18 @@ def test_ijepa_paper_battery_runs_as_slurm_arrays(tmp_path, monkeypatch):
     assert all(r["protocol"] for r in records.values())
     assert records["in1k-linear"]["eval_transform"] == "resize18-centercrop16-bicubic-imagenetnorm"
     assert records["clevr-count"]["splits"]["train"] == "trainval"
+
+
+def test_pretraining_goes_through_the_slurm_launcher(tmp_path):
+    """`jepa-eval pretrain --launcher slurm`: one DDP job (one CPU task here) trains the tiny config for two
+    steps from the validated config the command wrote; `status` follows it to done."""
+    out = tmp_path / "run"
+    assert main(["pretrain", "--config", "tiny-digits", "--out", str(out), "--max-steps", "2",
+                 "--launcher", "slurm", "--partition", os.environ.get("JEPA_EVAL_TEST_PARTITION", "debug"),
+                 "--gpus-per-node", "0", "--cpus-per-task", "1", "--timeout-min", "10"]) == 0
+    rows = wait(out, poll_s=2, timeout_s=WAIT_S)
+    assert [(r["kind"], r["state"]) for r in rows] == [("pretrain", "done")], rows
+    assert (out / "submitted-config.yaml").is_file() and (out / "jepa-latest.pth.tar").is_file()
+    import torch
+    state = torch.load(out / "jepa-latest.pth.tar", map_location="cpu", weights_only=True)
+    assert state["jepa_eval"]["step"] == 2

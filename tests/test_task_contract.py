@@ -194,9 +194,30 @@ def test_launcher_is_registered_under_its_name_and_implements_launch(launcher_na
     assert (cls.__doc__ or "").strip()
 
 
-def test_run_command_offers_every_registered_launcher():
-    from jepa_eval.commands import run as run_command
+def test_launcher_owns_pretraining_and_the_states_of_its_jobs(launcher_name, tmp_path):
+    from jepa_eval.launchers import JobState, LaunchOptions, PretrainRequest
+    cls = LAUNCHERS.get(launcher_name)
+    for method in ("pretrain", "job_states"):   # same signature as the base class: the commands call them alike
+        shape = [(p.name, p.kind, p.default) for p in inspect.signature(getattr(cls, method)).parameters.values()]
+        base = [(p.name, p.kind, p.default) for p in inspect.signature(getattr(Launcher, method)).parameters.values()]
+        assert shape == base, method
+    # a job it never ran: one JobState per job id, in the shared vocabulary
+    gone = {"job_id": "999999999", "folder": str(tmp_path), "kind": "probe", "key": "k", "label": "l",
+            "launcher": launcher_name}
+    states = cls.job_states([gone])
+    assert list(states) == ["999999999"] and isinstance(states["999999999"], JobState)
+    assert states["999999999"].state in ("pending", "running", "done", "failed", "unknown")
+    # pretraining resources are checked before anything starts or is submitted
+    with pytest.raises(UserError):
+        cls().pretrain(PretrainRequest({}, tmp_path / "run", nodes=2), LaunchOptions(partition="p"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "watch", "pretrain"])
+def test_commands_offer_every_registered_launcher(command):
+    import importlib
+    module = importlib.import_module(f"jepa_eval.commands.{command}")
     parser = argparse.ArgumentParser()
-    run_command.add_arguments(parser)
+    module.add_arguments(parser)
     action = next(a for a in parser._actions if a.dest == "launcher")
     assert sorted(action.metavar.strip("{}").split(",")) == LAUNCHERS.names()

@@ -99,3 +99,38 @@ def test_watch_user_errors(tmp_path, battery, capsys):
     assert main(["watch", str(tmp_path), "--battery", "no-such-battery", "--out", str(tmp_path / "o"),
                  "--once"]) == 2
     assert "unknown battery" in capsys.readouterr().err
+
+
+def test_watch_resources_are_checked_before_any_checkpoint_is_read(tmp_path, battery, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    official_checkpoint(run_dir / "jepa-ep1.pth.tar", 1, seed=1)
+    argv = _args(run_dir, battery, tmp_path / "out", tmp_path / "cache")
+    assert main([*argv, "--launcher", "local"]) == 2        # submitting needs a time limit: never guessed
+    assert "--launcher local needs --timeout-min" in capsys.readouterr().err
+    assert main([*argv, "--timeout-min", "5"]) == 2         # in process there is nothing to limit
+    assert "--timeout-min only applies to --launcher local or slurm" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "records").exists()
+
+
+@pytest.mark.slow  # job processes, each importing torch
+def test_watch_goes_through_the_launcher(tmp_path, battery, capsys):
+    """--launcher local: the new checkpoint's features and probe run as submitit jobs that `status` follows,
+    with the same numbers as in process."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    official_checkpoint(run_dir / "jepa-ep1.pth.tar", 1, seed=1)
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert main(_args(run_dir, battery, ref, tmp_path / "ref-cache")) == 0
+    capsys.readouterr()
+    assert main([*_args(run_dir, battery, out, tmp_path / "cache"), "--launcher", "local", "--timeout-min", "10"]) == 0
+    assert "report refreshed" in capsys.readouterr().err
+    assert main(["status", str(out), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted(r["kind"] for r in rows) == ["features", "features", "probe"]
+    assert all(r["state"] == "done" for r in rows)
+
+    def metrics(folder):
+        return {r["entry"]: r["metrics"] for r in (json.loads(p.read_text()) for p in (folder / "records").rglob("*.json"))}
+    assert metrics(out) == metrics(ref) and metrics(out)
+    assert (out / "report" / "report.html").is_file()

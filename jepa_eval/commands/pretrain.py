@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from ..config_io import positive_float, positive_int
+from ..config_io import nonnegative_int, positive_float, positive_int
 
 HELP = "pretrain an I-JEPA (shipped config name or YAML path); writes official-layout checkpoints"
 
@@ -23,12 +24,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "spread) every N steps on a fixed held batch; 0 = off (overrides monitor.every)")
     p.add_argument("--monitor-knn", action="store_true",
                    help="also measure online k-NN top-1 at each monitor step (labelled datasets)")
-    p.add_argument("--launcher", choices=["inprocess", "local", "slurm"], default="inprocess",
+    p.add_argument("--launcher", default="inprocess", metavar="{inprocess,local,slurm}",
                    help="inprocess (default; use torchrun for several GPUs), local (submitit on this machine) "
                         "or slurm (DDP job, requeued and resumed from jepa-latest.pth.tar on preemption)")
     g = p.add_argument_group("submitted jobs (--launcher local|slurm)")
     g.add_argument("--nodes", type=positive_int, default=1)
-    g.add_argument("--gpus-per-node", type=positive_int, default=1, help="one DDP process per GPU")
+    g.add_argument("--gpus-per-node", type=nonnegative_int, default=1,
+                   help="one DDP process per GPU (0: one CPU process per node)")
     g.add_argument("--partition", help="SLURM partition (required for slurm)")
     g.add_argument("--cpus-per-task", type=positive_int, help="CPU cores per process (required for slurm)")
     g.add_argument("--timeout-min", type=positive_int, help="time limit in minutes (required: never defaulted)")
@@ -37,8 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pretrain.config import load_config
-    from pretrain.train import main
     from jepa_eval.errors import UserError
+    from jepa_eval.launchers import LAUNCHERS, LaunchOptions, PretrainRequest
     overrides: dict = {}
     data = {k: v for k, v in (("dataset", args.dataset), ("root", args.root)) if v}
     if data:
@@ -54,22 +56,18 @@ def run(args: argparse.Namespace) -> int:
     if monitor:
         overrides["monitor"] = monitor
     cfg = load_config(args.config, **overrides)  # validates the config before anything is submitted
-    if args.launcher != "inprocess":
-        import yaml
-        from pathlib import Path
-        from jepa_eval.launchers.pretrain_job import submit_pretrain
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        resolved = out / "submitted-config.yaml"  # the job reads exactly what was validated here
-        resolved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        job = submit_pretrain(str(resolved), out, launcher=args.launcher, nodes=args.nodes,
-                              gpus_per_node=args.gpus_per_node, partition=args.partition,
-                              cpus_per_task=args.cpus_per_task, timeout_min=args.timeout_min, mem_gb=args.mem_gb,
+    launcher = LAUNCHERS.get(args.launcher)()
+    request = PretrainRequest(cfg, Path(args.out), resume=args.resume, nodes=args.nodes,
+                              gpus_per_node=args.gpus_per_node,
                               overrides={k: v for k, v in (("epochs", args.epochs), ("max_steps", args.max_steps))
                                          if v is not None})
-        print(f"submitted pretraining job {job.job_id}; follow it with `jepa-eval status {out}`")
+    options = LaunchOptions(partition=args.partition, cpus_per_task=args.cpus_per_task,
+                            timeout_min=args.timeout_min, mem_gb=args.mem_gb)
+    outcome = launcher.pretrain(request, options)
+    if outcome.job_id is not None:
+        print(f"submitted pretraining job {outcome.job_id}; follow it with `jepa-eval status {args.out}`")
         return 0
-    summary = main(cfg, args.out, epochs=args.epochs, max_steps=args.max_steps, resume=args.resume)
+    summary = outcome.summary
     print(f"{summary['step']}/{summary['total_steps']} steps, loss {summary['loss']:.4f}, "
           f"{summary['steps_per_s']:.2f} steps/s; checkpoint {summary['checkpoint']}")
     return 0

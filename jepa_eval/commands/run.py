@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config_io import nonnegative_int, positive_float, positive_int
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..launchers import LaunchOptions
 
 HELP = "run a battery of tasks on one or more checkpoints"
 
@@ -37,6 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=None, help="feature cache folder (default $JEPA_EVAL_CACHE or ~/.cache)")
     p.add_argument("--force", action="store_true", help="recompute records that already exist")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_launcher_arguments(p)
+
+
+def add_launcher_arguments(p: argparse.ArgumentParser) -> None:
+    """``--launcher`` and the resources of submitted jobs (shared by ``run`` and ``watch``)."""
     p.add_argument("--launcher", default="inprocess", metavar="{inprocess,local,slurm}",
                    help="where jobs run: in this process (default), as submitit jobs on this machine "
                         "(local) or as SLURM job arrays (slurm); see `jepa-eval status DIR`")
@@ -50,9 +59,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--wait", action="store_true", help="slurm: return only when every job has finished")
 
 
+def launch_options(args: argparse.Namespace) -> "LaunchOptions":
+    from ..launchers import LaunchOptions
+    return LaunchOptions(**{k: getattr(args, k, None) for k in
+                            ("partition", "gpus_per_task", "cpus_per_task", "timeout_min", "array_parallelism",
+                             "mem_gb")}, wait=bool(getattr(args, "wait", False)))
+
+
 def run(args: argparse.Namespace) -> int:
     from ..results import load, summary_table
-    from ..launchers import LAUNCHERS, LaunchOptions
+    from ..launchers import LAUNCHERS
     from ..hashindex import default_cache_dir
     from ..runner import check_output_dir, plan
     out = Path(args.out)
@@ -60,10 +76,7 @@ def run(args: argparse.Namespace) -> int:
     encoders = ["target", "context"] if args.encoder == "both" else [args.encoder]
     jobs = plan(args.checkpoint, args.battery, out, args.cache or default_cache_dir(), encoders,
                 parse_roots(args.root))
-    options = LaunchOptions(**{k: getattr(args, k, None) for k in
-                               ("partition", "gpus_per_task", "cpus_per_task", "timeout_min",
-                                "array_parallelism", "mem_gb")}, wait=bool(getattr(args, "wait", False)))
-    finished = LAUNCHERS.get(args.launcher)().launch(jobs, out, options, force=args.force,
+    finished = LAUNCHERS.get(args.launcher)().launch(jobs, out, launch_options(args), force=args.force,
                                                      progress=not args.no_progress)
     if not finished:
         return 0

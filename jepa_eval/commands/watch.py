@@ -2,7 +2,9 @@
 
 Safe to stop and restart: records that exist are skipped by the runner, so a restarted watcher only
 evaluates what is new. A checkpoint is read only once its size and mtime have stopped changing and it
-loads; a file that fails to load is retried when it changes."""
+loads; a file that fails to load is retried when it changes. Each new checkpoint's jobs go through a
+launcher, as in ``jepa-eval run`` (in this process by default, sharing feature extraction between tasks;
+``--launcher slurm`` submits them and the report follows as their records land)."""
 from __future__ import annotations
 
 import argparse
@@ -10,9 +12,14 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config_io import nonnegative_float, positive_float
 from ..errors import UserError
+from .run import add_launcher_arguments, launch_options, parse_roots
+
+if TYPE_CHECKING:
+    from ..launchers import LaunchOptions, Launcher
 
 HELP = "evaluate a pretraining run's jepa-ep{N} checkpoints as they appear and keep a report up to date"
 EPOCH_FILE = re.compile(r"jepa-ep(\d+)\.pth\.tar$")
@@ -32,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", action="append", metavar="DATASET=PATH", help="data folder for a dataset")
     p.add_argument("--cache", default=None, help="feature cache folder (default $JEPA_EVAL_CACHE or ~/.cache)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_launcher_arguments(p)
 
 
 def checkpoints(run_dir: Path, latest: bool) -> list[Path]:
@@ -64,13 +72,14 @@ def log(msg: str) -> None:
     print(f"watch: {msg}", file=sys.stderr, flush=True)
 
 
-def scan(args: argparse.Namespace, seen: dict[Path, tuple[int, int]]) -> int:
+def scan(args: argparse.Namespace, seen: dict[Path, tuple[int, int]], launcher: "Launcher",
+         options: "LaunchOptions") -> int:
     """Evaluate every complete checkpoint not yet seen in this state; returns how many were evaluated."""
     from ..checkpoint import load_checkpoint
     from ..hashindex import default_cache_dir
-    from ..runner import plan, run_job
-    from .run import parse_roots
+    from ..runner import plan
     encoders = ["target", "context"] if args.encoder == "both" else [args.encoder]
+    cache = args.cache or default_cache_dir()
     done = 0
     for path in checkpoints(Path(args.run_dir), args.latest):
         try:
@@ -83,19 +92,24 @@ def scan(args: argparse.Namespace, seen: dict[Path, tuple[int, int]]) -> int:
             log(f"{path.name} is still being written; next scan")
             continue
         try:
-            ck = load_checkpoint(str(path), cache=args.cache)
+            ck = load_checkpoint(str(path), cache=cache)
         except UserError as e:
             log(f"{path.name} cannot be loaded yet ({e}); retried when it changes")
             seen[path] = sig
             continue
         seen[path] = sig
         log(f"{path.name} (epoch {ck.meta.get('epoch')})")
-        jobs = plan([str(path)], args.battery, args.out, args.cache or default_cache_dir(), encoders,
-                    parse_roots(args.root))
-        for job in jobs:
-            run_job(job, ck, progress=not args.no_progress, log=log)
+        jobs = plan([str(path)], args.battery, args.out, cache, encoders, parse_roots(args.root))
+        launcher.launch(jobs, Path(args.out), options, progress=not args.no_progress)
         done += 1
     return done
+
+
+def records_state(out: Path) -> tuple[tuple[str, int], ...]:
+    """Names and mtimes of the records under ``out``: the report is rebuilt when they change (records
+    of submitted jobs land between scans)."""
+    found = sorted((out / "records").rglob("*.json")) if (out / "records").is_dir() else []
+    return tuple((str(p), p.stat().st_mtime_ns) for p in found if not p.name.startswith("."))
 
 
 def refresh_report(args: argparse.Namespace) -> None:
@@ -110,6 +124,7 @@ def refresh_report(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..battery import load_battery
+    from ..launchers import LAUNCHERS
     from ..runner import check_output_dir
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -117,14 +132,16 @@ def run(args: argparse.Namespace) -> int:
     if args.interval <= 0 or args.settle < 0:
         raise UserError("--interval must be positive and --settle not negative")
     load_battery(args.battery)  # fail now on a bad battery, not at the first checkpoint
+    parse_roots(args.root)
     check_output_dir(Path(args.out))
+    launcher, options = LAUNCHERS.get(args.launcher)(), launch_options(args)
     seen: dict[Path, tuple[int, int]] = {}
-    first = True
+    reported = None
     while True:
-        evaluated = scan(args, seen)
-        if evaluated or first:
+        scan(args, seen, launcher, options)
+        if records_state(Path(args.out)) != reported:
             refresh_report(args)
-        first = False
+            reported = records_state(Path(args.out))
         if args.once:
             return 0
         log(f"waiting for new checkpoints in {run_dir} (every {args.interval:g} s; Ctrl-C stops, a restart resumes)")

@@ -1,5 +1,7 @@
-"""submitit launchers: ``slurm`` (job arrays with dependencies) and ``local`` (the same jobs as
-processes on this machine, through submitit's LocalExecutor).
+"""What the submitit launchers share: ``slurm`` (``slurm.py``: job arrays with dependencies) and ``local``
+(``local.py``: the same jobs as processes on this machine, through submitit's LocalExecutor). Each builds
+its own executors, for a battery's units and for pretraining, and reads back the states of the jobs it
+submitted; this base plans the units, submits pretraining and reads submitit's result pickles and logs.
 
 Per checkpoint, features are extracted first (one array task per encoder and dataset split), then
 that checkpoint's probes run as a second array that starts after them (``afterany``: a probe whose
@@ -8,20 +10,22 @@ submission is appended to ``OUT/submission.json``; a rerun submits only units wh
 missing and whose last job is not pending or running."""
 from __future__ import annotations
 
-import shutil
-from dataclasses import asdict, replace
+import pickle
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import submitit
 from submitit.helpers import clean_env
 
+from ..atomic import atomic_write_text
 from ..checkpoint import load_checkpoint
 from ..errors import UserError
-from ..runner import Job
-from . import LaunchOptions, Launcher, register_launcher
-from .state import ACTIVE, append_submission, job_table, wait
 from ..log import get_logger
+from ..runner import Job
+from . import JobState, LaunchOptions, Launcher, PretrainOutcome, PretrainRequest
+from .pretrain_job import PretrainJob
+from .state import ACTIVE, append_submission, job_table
 from .units import UnitRunner, WorkUnit, freeze_battery, job_setup, plan_units, snapshot_code
 
 log = get_logger(__name__)
@@ -89,6 +93,66 @@ class SubmititLauncher(Launcher):
     def finish(self, out: Path, options: LaunchOptions) -> bool:
         return True
 
+    # -- pretraining --------------------------------------------------------------------------------
+    def check_pretrain(self, request: PretrainRequest, options: LaunchOptions) -> None:
+        if options.timeout_min is None:
+            raise UserError("pretraining needs --timeout-min (SLURM's default limit is 5 minutes)")
+
+    def pretrain_executor(self, folder: Path, request: PretrainRequest, options: LaunchOptions,
+                          setup: list[str]) -> submitit.Executor:
+        raise NotImplementedError
+
+    def pretrain(self, request: PretrainRequest, options: LaunchOptions) -> PretrainOutcome:
+        """One job of ``nodes x tasks`` processes running DDP, recorded in ``OUT/submission.json``."""
+        self.check_pretrain(request, options)
+        out = Path(request.out).resolve()
+        folder = out / JOBS_FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        config = request.config
+        if hasattr(config, "to_dict"):  # the job reads exactly what was validated here
+            import yaml
+            path = out / "submitted-config.yaml"
+            atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+            config = path
+        snapshot = snapshot_code(folder)
+        ex = self.pretrain_executor(folder, request, options, job_setup(snapshot))
+        with clean_env():
+            job = ex.submit(PretrainJob(str(config), str(out), request.overrides, request.entry))
+        used = dict(nodes=request.nodes, gpus_per_node=request.gpus_per_node, cpus_per_task=options.cpus_per_task,
+                    partition=options.partition, timeout_min=options.timeout_min, mem_gb=options.mem_gb)
+        append_submission(out, self.name, folder, snapshot, used,
+                          [{"key": "pretrain", "label": f"pretrain {Path(config).name} -> {out.name}",
+                            "kind": "pretrain", "job_id": job.job_id, "record": None, "after": []}])
+        return PretrainOutcome(job_id=job.job_id, job=job)
+
+    @staticmethod
+    def tasks_per_node(request: PretrainRequest) -> int:
+        return request.tasks_per_node or max(1, request.gpus_per_node)
+
+    # -- job states -----------------------------------------------------------------------------------
+    @classmethod
+    def job_states(cls, jobs: list[dict[str, Any]], tail: int = 8) -> dict[str, JobState]:
+        raw = cls.scheduler_states(jobs)
+        states = {}
+        for j in jobs:
+            result = _result(j["folder"], j["job_id"])
+            outcome = result[0] if result is not None else None
+            st = cls.classify(j, raw.get(j["job_id"], ""), outcome)
+            if st.state == "failed":
+                st.log = log_tail(j["folder"], j["job_id"], tail)
+            states[j["job_id"]] = st
+        return states
+
+    @classmethod
+    def scheduler_states(cls, jobs: list[dict[str, Any]]) -> dict[str, str]:
+        """{job id: the scheduler's raw state}, where there is a scheduler to ask."""
+        return {}
+
+    @classmethod
+    def classify(cls, job: dict[str, Any], raw: str, outcome: str | None) -> JobState:
+        """The state of one job from its scheduler state and its result pickle (``success``/``error``)."""
+        raise NotImplementedError
+
     # -- helpers ------------------------------------------------------------------------------------
     def _array(self, units: list[WorkUnit], folder: Path, options: LaunchOptions, snapshot: Path, name: str,
                after: list[str]) -> tuple[list[dict[str, Any]], list[submitit.Job]]:
@@ -98,75 +162,24 @@ class SubmititLauncher(Launcher):
                  "after": after} for u, h in zip(units, handles)], handles
 
 
-@register_launcher("slurm")
-class SlurmLauncher(SubmititLauncher):
-    """Submits SLURM job arrays (features, then probes after them) and returns; ``--wait`` waits."""
-    required = ("partition", "gpus_per_task", "cpus_per_task", "timeout_min")
-
-    def check(self, options: LaunchOptions) -> None:
-        super().check(options)
-        if shutil.which("sbatch") is None:
-            raise UserError("--launcher slurm needs SLURM's sbatch on PATH (run it on a cluster login node)")
-
-    def executor(self, folder: Path, options: LaunchOptions, snapshot: Path, name: str,
-                 after: list[str]) -> submitit.Executor:
-        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
-        params: dict[str, Any] = dict(job_name=name, partition=options.partition, time=options.timeout_min,
-                                      cpus_per_task=options.cpus_per_task, setup=job_setup(snapshot))
-        if options.gpus_per_task:
-            params["gpus_per_task"] = options.gpus_per_task
-        if options.array_parallelism:
-            params["array_parallelism"] = options.array_parallelism
-        if options.mem_gb:
-            params["mem"] = f"{int(options.mem_gb * 1024)}MB"
-        if after:
-            params["dependency"] = "afterany:" + ":".join(after)
-        ex.update_parameters(**params)
-        return ex
-
-    def submit(self, features: list[WorkUnit], probes: list[WorkUnit], active: dict[str, str], folder: Path,
-               options: LaunchOptions, snapshot: Path, out: Path) -> list[dict[str, Any]]:
-        submitted = self._array(features, folder, options, snapshot, "jepa-features", [])[0] if features else []
-        ids = {**active, **{s["key"]: s["job_id"] for s in submitted}}
-        for spec in dict.fromkeys(u.spec for u in probes):  # one probe array per checkpoint
-            units = [u for u in probes if u.spec == spec]
-            after = sorted({ids[k] for u in units for k in u.after if k in ids})
-            submitted += self._array(units, folder, options, snapshot, "jepa-probe", after)[0]
-        append_submission(out, self.name, folder, snapshot, asdict(options), submitted)
-        return submitted
-
-    def finish(self, out: Path, options: LaunchOptions) -> bool:
-        if not options.wait:
-            log.info(f"follow with: jepa-eval status {out}")
-            return False
-        wait(out, poll_s=5.0)
-        return True
+# -- reading jobs back -------------------------------------------------------------------------------
+def _result(folder: str, job_id: str) -> tuple[str, Any] | None:
+    """submitit's result pickle of a finished job: ("success", value) or ("error", traceback)."""
+    from submitit.core.utils import JobPaths
+    path = JobPaths(folder, job_id, 0).result_pickle
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ModuleNotFoundError):
+        return None
 
 
-@register_launcher("local")
-class LocalLauncher(SubmititLauncher):
-    """Runs on this machine; there is no scheduler to hold dependencies, so it waits for the
-    features jobs before submitting the probes, and returns when everything has finished."""
-    unsupported = ("partition", "cpus_per_task", "mem_gb")
-
-    def executor(self, folder: Path, options: LaunchOptions, snapshot: Path, name: str,
-                 after: list[str]) -> submitit.Executor:
-        # LocalExecutor by name: AutoExecutor would pick SLURM whenever srun is on PATH
-        ex = submitit.LocalExecutor(folder=folder, max_num_timeout=3)
-        ex.update_parameters(timeout_min=options.timeout_min, gpus_per_node=options.gpus_per_task or 0,
-                             setup=job_setup(snapshot))
-        return ex
-
-    def submit(self, features: list[WorkUnit], probes: list[WorkUnit], active: dict[str, str], folder: Path,
-               options: LaunchOptions, snapshot: Path, out: Path) -> list[dict[str, Any]]:
-        submitted: list[dict[str, Any]] = []
-        step = options.array_parallelism or max(1, len(features) + len(probes))
-        for units in (features, probes):
-            for i in range(0, len(units), step):
-                batch, handles = self._array(units[i:i + step], folder, options, snapshot,
-                                             "jepa-" + units[0].kind, [])
-                append_submission(out, self.name, folder, snapshot, asdict(options), batch)
-                submitted += batch
-                for h in handles:  # our children: waiting on the handles also reaps them
-                    h.wait()
-        return submitted
+def log_tail(folder: str, job_id: str, lines: int = 8) -> str:
+    """The last lines of a job's stderr (tracebacks and this suite's log lines go there)."""
+    from submitit.core.utils import JobPaths
+    try:
+        text = JobPaths(folder, job_id, 0).stderr.read_text(errors="replace")
+    except OSError:
+        return ""
+    kept = [ln for ln in text.splitlines() if ln.strip()]
+    return "\n".join(kept[-lines:])
