@@ -68,11 +68,12 @@ def run(out: Path, report: Path, quick: bool = False) -> dict:
     timings: dict[str, float] = {}
     from .assets import demo_checkpoint_path
     ck = demo_checkpoint_path()
+    from .commands._environment import data_root
     from .datasets.builtin import fashion_mnist_available
     # Evaluation always reads the shipped Fashion-MNIST sample, the data the demo checkpoint was pretrained
     # on, so every machine shows the same in-domain numbers; only the short pretraining prefers the full set.
     data = "fashion-mnist-sample"
-    pretrain_data = "fashion-mnist" if fashion_mnist_available() else "fashion-mnist-sample"
+    pretrain_data = "fashion-mnist" if fashion_mnist_available(data_root("fashion-mnist")) else "fashion-mnist-sample"
     print(f"demo: evaluation data = {data}; work folder {out}; report {report}")
 
     t = _stage(f"1/4 a short I-JEPA pretraining on {pretrain_data} and on rendered CLEVR scenes")

@@ -37,8 +37,9 @@ def signature(st: os.stat_result) -> dict[str, int]:
 
 
 def default_cache_dir() -> Path:
-    """The feature cache folder (``$JEPA_EVAL_CACHE``), which also holds the sha256 index."""
-    return Path(os.environ.get("JEPA_EVAL_CACHE", Path.home() / ".cache" / "jepa-eval" / "features"))
+    """The library's default feature cache folder, which also holds the sha256 index (the command line
+    also reads ``$JEPA_EVAL_CACHE``: ``commands/_environment.py``)."""
+    return Path.home() / ".cache" / "jepa-eval" / "features"
 
 
 def default_index() -> Path:

@@ -31,8 +31,8 @@ def record_id(fields: dict[str, Any]) -> str:
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    if os.environ.get("JEPA_EVAL_GIT_COMMIT"):  # set for submitted jobs, which run a copy of the code
-        return os.environ["JEPA_EVAL_GIT_COMMIT"]
+    """The commit of the checkout this package runs from (None outside one, e.g. in a submitted job's copy
+    of the code: its jobs carry the commit that planned them, ``Job.code_version``)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
                              capture_output=True, text=True, timeout=5)

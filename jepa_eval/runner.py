@@ -39,7 +39,9 @@ class Job:
     entry_id: str
     out: str
     cache: str
-    roots: dict[str, str] = field(default_factory=dict)
+    roots: dict[str, str] = field(default_factory=dict)          # --root: replaces the battery's root
+    default_roots: dict[str, str] = field(default_factory=dict)  # used where neither names one
+    code_version: str | None = None   # the git commit that planned the job (a submitted job runs a copy)
 
     @property
     def label(self) -> str:
@@ -52,12 +54,15 @@ def pretrain_dataset(meta: dict[str, Any]) -> str | None:
     return str(data["dataset"]) if data.get("dataset") else None
 
 
-def resolve_dataset(entry: BatteryEntry, roots: dict[str, str]) -> tuple[str, BatteryEntry]:
-    """The first of the entry's datasets that can be opened (with the CLI's --root overrides). A fallback
-    to a later alternative is kept on the entry (``fallback``), so it is printed and recorded."""
+def resolve_dataset(entry: BatteryEntry, roots: dict[str, str],
+                    default_roots: dict[str, str] | None = None) -> tuple[str, BatteryEntry]:
+    """The first of the entry's datasets that can be opened (with the CLI's --root overrides, then the
+    battery's root, then ``default_roots``). A fallback to a later alternative is kept on the entry
+    (``fallback``), so it is printed and recorded."""
     errors = []
     for name in entry.datasets:
-        root = roots.get(name) or entry.root  # the command line overrides the battery
+        # the command line overrides the battery, which overrides the defaults the command layer passed
+        root = roots.get(name) or entry.root or (default_roots or {}).get(name)
         try:
             ds = get_dataset(name, root, split=next(iter(entry.splits.values())), image_size=8,
                              transform=entry.transform)
@@ -91,7 +96,7 @@ def resolve_job(job: Job, ck: Checkpoint) -> tuple[Battery, BatteryEntry | None,
     if job.encoder == "context" and not ck.meta.get("has_context_encoder", True):
         return battery, None, "this checkpoint has no separate context encoder", Path(), ""
     try:
-        dataset, entry = resolve_dataset(entry, job.roots)
+        dataset, entry = resolve_dataset(entry, job.roots, job.default_roots)
     except UserError as e:
         if not entry.optional:
             raise
@@ -198,7 +203,7 @@ def run_job(job: Job, checkpoint: Checkpoint | None = None, force: bool = False,
             "eval_transform": eval_transform_id(entry.transform or "square", int(ck.meta["img_size"])),
             "params": entry.raw_params, "primary_metric": primary,
             "metrics": result.metrics, "chosen": result.chosen, "selected_on": result.selected_on,
-            "details": result.details, "seed": entry.seed, "git_commit": git_commit(),
+            "details": result.details, "seed": entry.seed, "git_commit": job.code_version or git_commit(),
             "versions": versions(), "threads": thread_counts(), "wall_time_s": round(time.time() - t0, 3)}
         try:
             write_record(path, record)
@@ -219,12 +224,17 @@ def run_job(job: Job, checkpoint: Checkpoint | None = None, force: bool = False,
 
 
 def plan(specs: list[str], battery_ref: str, out: str | os.PathLike, cache: str | os.PathLike,
-         encoders: Iterable[str] = ("target",), roots: dict[str, str] | None = None) -> list[Job]:
+         encoders: Iterable[str] = ("target",), roots: dict[str, str] | None = None,
+         default_roots: dict[str, str] | None = None) -> list[Job]:
+    """One job per checkpoint, encoder and battery entry. ``roots`` replace the battery's data roots;
+    ``default_roots`` serve datasets for which neither names one."""
     battery = load_battery(battery_ref)
     for enc in encoders:
         if enc not in ENCODERS:
             raise UserError(f"encoder must be one of {', '.join(ENCODERS)}, not '{enc}'")
-    return [Job(spec, enc, battery_ref, e.id, str(out), str(cache), dict(roots or {}))
+    commit = git_commit()
+    return [Job(spec, enc, battery_ref, e.id, str(out), str(cache), dict(roots or {}), dict(default_roots or {}),
+                commit)
             for spec in specs for enc in encoders for e in battery.entries]
 
 

@@ -41,8 +41,7 @@ def test_fashion_mnist_reads_idx_files_from_root(tmp_path):
     assert np.abs(pixels - images[3]).max() < 1.0
 
 
-def test_missing_and_truncated_fashion_mnist(tmp_path, monkeypatch):
-    monkeypatch.setenv("JEPA_EVAL_DATA", str(tmp_path / "data"))
+def test_missing_and_truncated_fashion_mnist(tmp_path):
     if not (tmp_path / "x").exists():
         with pytest.raises(UserError) as err:
             get_dataset("fashion-mnist", root=str(tmp_path / "nowhere"), split="bogus")
@@ -57,7 +56,6 @@ def test_missing_and_truncated_fashion_mnist(tmp_path, monkeypatch):
 
 def test_missing_dataset_error_says_where_it_looked(tmp_path, monkeypatch):
     import jepa_eval.datasets.builtin as builtin
-    monkeypatch.setenv("JEPA_EVAL_DATA", str(tmp_path / "data"))
     monkeypatch.setattr(builtin, "_fashion_dirs", lambda root: [tmp_path / "a", tmp_path / "data" / "fashion-mnist"])
     with pytest.raises(UserError) as err:
         get_dataset("fashion-mnist", split="train")

@@ -62,13 +62,15 @@ def _common(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint
     from ..datasets import get_dataset
-    ck = load_checkpoint(args.checkpoint)
+    from ._environment import cache_dir, data_root
+    ck = load_checkpoint(args.checkpoint, cache=cache_dir())
+    root = data_root(args.dataset, args.root)
     size = int(ck.meta["img_size"])
     if args.action == "train":
         from ..decoder import load_config, train_decoder
         cfg = load_config(args.config, size=args.size, condition=args.condition, max_steps=args.max_steps,
                           batch_size=args.batch_size, max_samples=args.max_samples)
-        ds = get_dataset(args.dataset, args.root, split="train", image_size=size,
+        ds = get_dataset(args.dataset, root, split="train", image_size=size,
                          max_samples=cfg.train.max_samples, seed=cfg.train.seed)
         res = train_decoder(ck, ds, args.out, cfg, resume=args.resume, device=args.device)
         print(f"decoder trained for {res['steps']} steps in {res['seconds']:.0f} s "
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     n = args.n if args.action == "sample" else args.n_images
     if n < 2 or args.ddim_steps < 1 or args.guidance < 0:
         raise UserError("--n/--n-images must be at least 2, --ddim-steps positive and --guidance >= 0")
-    ds = get_dataset(args.dataset, args.root, split=args.split, image_size=size)
+    ds = get_dataset(args.dataset, root, split=args.split, image_size=size)
     if args.action == "sample":
         from ..decoder.sample import sample_image_mode, sample_predictor_mode
         fn = sample_predictor_mode if mode == "predictor" else sample_image_mode

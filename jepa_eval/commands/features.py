@@ -27,13 +27,13 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint
     from ..datasets import get_dataset
     from ..features import FeatureCache, check_pooling
-    from ..hashindex import default_cache_dir
+    from ._environment import cache_dir, data_root
     check_pooling(args.pooling)
-    ck = load_checkpoint(args.checkpoint, cache=args.cache)
-    ds = get_dataset(args.dataset, args.root, split=args.split, image_size=int(ck.meta["img_size"]),
+    ck = load_checkpoint(args.checkpoint, cache=cache_dir(args.cache))
+    ds = get_dataset(args.dataset, data_root(args.dataset, args.root), split=args.split, image_size=int(ck.meta["img_size"]),
                      max_samples=args.max_samples)
     t0 = time.time()
-    feats = FeatureCache(args.cache or default_cache_dir()).get_or_extract(
+    feats = FeatureCache(cache_dir(args.cache)).get_or_extract(
         ck, args.encoder, args.pooling, ds, dtype=args.dtype, batch_size=args.batch_size)
     dt = time.time() - t0
     print(f"{feats.x.shape[0]} x {tuple(feats.x.shape[1:])} {feats.x.dtype} features in {feats.path} "

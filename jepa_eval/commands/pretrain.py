@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from pretrain.config import load_config
     from jepa_eval.errors import UserError
     from jepa_eval.launchers import LAUNCHERS, LaunchOptions, PretrainRequest
+    from ._environment import data_root
     overrides: dict = {}
     data = {k: v for k, v in (("dataset", args.dataset), ("root", args.root)) if v}
     if data:
@@ -56,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     if monitor:
         overrides["monitor"] = monitor
     cfg = load_config(args.config, **overrides)  # validates the config before anything is submitted
+    if cfg.data.root is None:   # $JEPA_EVAL_DATA/DATASET, where it exists
+        cfg.data.root = data_root(cfg.data.dataset)
     launcher = LAUNCHERS.get(args.launcher)()
     request = PretrainRequest(cfg, Path(args.out), resume=args.resume, nodes=args.nodes,
                               gpus_per_node=args.gpus_per_node,

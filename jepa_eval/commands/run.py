@@ -69,13 +69,13 @@ def launch_options(args: argparse.Namespace) -> "LaunchOptions":
 def run(args: argparse.Namespace) -> int:
     from ..results import load, summary_table
     from ..launchers import LAUNCHERS
-    from ..hashindex import default_cache_dir
     from ..runner import check_output_dir, plan
+    from ._environment import cache_dir, default_roots
     out = Path(args.out)
     check_output_dir(out)
     encoders = ["target", "context"] if args.encoder == "both" else [args.encoder]
-    jobs = plan(args.checkpoint, args.battery, out, args.cache or default_cache_dir(), encoders,
-                parse_roots(args.root))
+    jobs = plan(args.checkpoint, args.battery, out, cache_dir(args.cache), encoders, parse_roots(args.root),
+                default_roots())
     finished = LAUNCHERS.get(args.launcher)().launch(jobs, out, launch_options(args), force=args.force,
                                                      progress=not args.no_progress)
     if not finished:

@@ -76,10 +76,10 @@ def scan(args: argparse.Namespace, seen: dict[Path, tuple[int, int]], launcher: 
          options: "LaunchOptions") -> int:
     """Evaluate every complete checkpoint not yet seen in this state; returns how many were evaluated."""
     from ..checkpoint import load_checkpoint
-    from ..hashindex import default_cache_dir
     from ..runner import plan
+    from ._environment import cache_dir, default_roots
     encoders = ["target", "context"] if args.encoder == "both" else [args.encoder]
-    cache = args.cache or default_cache_dir()
+    cache = cache_dir(args.cache)
     done = 0
     for path in checkpoints(Path(args.run_dir), args.latest):
         try:
@@ -99,7 +99,7 @@ def scan(args: argparse.Namespace, seen: dict[Path, tuple[int, int]], launcher: 
             continue
         seen[path] = sig
         log(f"{path.name} (epoch {ck.meta.get('epoch')})")
-        jobs = plan([str(path)], args.battery, args.out, cache, encoders, parse_roots(args.root))
+        jobs = plan([str(path)], args.battery, args.out, cache, encoders, parse_roots(args.root), default_roots())
         launcher.launch(jobs, Path(args.out), options, progress=not args.no_progress)
         done += 1
     return done

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 
 import numpy as np
@@ -67,11 +66,7 @@ def _read_idx(path: Path) -> np.ndarray:
 def _fashion_dirs(root: str | None) -> list[Path]:
     if root:  # a root the user gave is the only place looked in: never silently another copy
         return [Path(root)]
-    dirs = []
-    if os.environ.get("JEPA_EVAL_DATA"):
-        dirs.append(Path(os.environ["JEPA_EVAL_DATA"]) / "fashion-mnist")
-    dirs.append(Path("/usr/share/datasets/fashion-mnist"))
-    return dirs
+    return [Path("/usr/share/datasets/fashion-mnist")]   # Debian's dataset-fashion-mnist
 
 
 def fashion_mnist_available(root: str | None = None) -> bool:

@@ -167,11 +167,7 @@ def job_setup(snapshot: Path) -> list[str]:
     """Shell lines a job runs first: the snapshot goes first on PYTHONPATH. ``python -m`` would
     put the working directory (often a checkout) before it; PYTHONSAFEPATH (Python >= 3.11) stops
     that while relative paths keep working."""
-    from ..results import git_commit
-    lines = ["export PYTHONSAFEPATH=1",
-             f"export PYTHONPATH={shlex.quote(str(snapshot))}${{PYTHONPATH:+:$PYTHONPATH}}"]
-    commit = git_commit()  # records name the commit that was submitted, not the copy's (absent) one
-    return lines + [f"export JEPA_EVAL_GIT_COMMIT={shlex.quote(commit)}"] if commit else lines
+    return ["export PYTHONSAFEPATH=1", f"export PYTHONPATH={shlex.quote(str(snapshot))}${{PYTHONPATH:+:$PYTHONPATH}}"]
 
 
 def freeze_battery(job: Job, folder: Path) -> Job:
