@@ -103,7 +103,8 @@ def test_interrupted_extraction_resumes_from_the_last_chunk(tmp_path, ck, data):
     assert np.array_equal(np.asarray(resumed.x), np.asarray(fresh.x))
 
 
-def test_damaged_entry_is_detected_and_rebuilt(tmp_path, ck, data, capsys):
+def test_damaged_entry_is_detected_and_rebuilt(tmp_path, ck, data, caplog):
+    caplog.set_level("INFO", logger="jepa_eval")   # the library logs; no CLI handler when run alone
     cache = FeatureCache(tmp_path)
     f = cache.get_or_extract(ck, "target", "lastPOOL", data, progress=False)
     good = np.array(f.x)
@@ -112,7 +113,7 @@ def test_damaged_entry_is_detected_and_rebuilt(tmp_path, ck, data, capsys):
     (f.path / "features.npy").write_bytes(bytes(blob))
     seen = ck.target_encoder.seen
     again = cache.get_or_extract(ck, "target", "lastPOOL", data, progress=False)
-    assert ck.target_encoder.seen > seen and "damaged" in capsys.readouterr().err
+    assert ck.target_encoder.seen > seen and "damaged" in caplog.text
     assert np.array_equal(np.asarray(again.x), good)
 
 
