@@ -20,6 +20,7 @@ from .config_io import from_dict, parse_scalar
 from .errors import UserError
 from .exported import load_export
 from .lazyload import CheckpointFile
+from .seeding import seeded
 from .statedict import (OFFICIAL_KEYS, Checkpoint, _config_beside, _encoder_skeleton, _heads_hint, _materialize,
                         _predictor_skeleton, _strip_prefix, check_checkpoint_path, check_strict, encoder_arch,
                         load_strict, predictor_arch, safe_torch_load, sha256_file, sha256_state)
@@ -99,8 +100,7 @@ def _load_timm(spec: str, weights: str | None, seed: int, **overrides: Any) -> C
     if name not in timm.list_models():
         from .errors import did_you_mean
         raise UserError(f"unknown timm model '{name}'{did_you_mean(name, timm.list_models())}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # random init must be reproducible: the cache is keyed by the weights
+    with seeded(seed):  # random init must be reproducible: the cache is keyed by the weights
         try:
             model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
         except TypeError as e:

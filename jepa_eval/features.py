@@ -271,7 +271,8 @@ class FeatureCache:
             active = [p for p in entries if done[p] < stop]
             loader = torch.utils.data.DataLoader(
                 torch.utils.data.Subset(dataset, range(start, stop)), batch_size=batch_size,
-                num_workers=num_workers, pin_memory=cuda, persistent_workers=False)
+                num_workers=num_workers, pin_memory=cuda, persistent_workers=False,
+                generator=torch.Generator().manual_seed(start))   # the workers' seeds; not the caller's RNG
             row = start
             with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=cuda):
                 for images, _ in loader:

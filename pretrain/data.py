@@ -111,6 +111,9 @@ def build_dataset(cfg: DataConfig, seed: int = 0) -> CropDataset:
 
 
 def build_loader(ds: CropDataset, cfg: DataConfig, sampler: EpochSampler) -> DataLoader:
+    # the workers' base seed comes from a local generator, so a run leaves the caller's RNG alone (the crops
+    # do not depend on it: each is seeded by its sample seed)
     return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
                       num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=False)
+                      persistent_workers=False,
+                      generator=torch.Generator().manual_seed(sampler.seed * 1_000_003 + sampler.epoch))

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from jepa_eval.atomic import remove_stale_temp_files
 from jepa_eval.errors import UserError
 from jepa_eval.models import JEPAPredictor, build_encoder, gather_tokens
+from jepa_eval.seeding import seeded
 
 from . import checkpointing as ckpt
 from .config import Config, load_config
@@ -54,8 +55,7 @@ def _official_init(model: nn.Module, blocks: nn.ModuleList) -> None:
 def build_models(cfg: Config, seed: int | None = None) -> tuple[nn.Module, nn.Module, nn.Module]:
     """(context encoder, predictor, target encoder), seeded, with the shared jepa_eval definitions."""
     m, d = cfg.model, cfg.data
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.meta.seed if seed is None else seed)
+    with seeded(cfg.meta.seed if seed is None else seed):   # module init draws from the global RNG
         encoder = build_encoder(m.width, m.depth, m.patch_size, d.img_size, m.num_heads, m.mlp_ratio)
         predictor = JEPAPredictor(encoder.patch_embed.num_patches, m.width, m.pred_emb_dim, m.pred_depth,
                                   m.num_heads, m.mlp_ratio)

@@ -52,7 +52,9 @@ def build_cache(ck: Any, dataset: Any, path: Path, device: str, with_tokens: boo
                 return {k: z[k] for k in z.files}
     encoder = ck.target_encoder.to(device).eval()
     pixels, pooled, tokens, labels = [], [], [], []
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False)
+    # a local generator: starting the iteration draws a (here unused) worker seed, not from the caller's RNG
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False,
+                                         generator=torch.Generator().manual_seed(0))
     for images, y in loader:
         unit = to_unit(images)
         if unit.shape[-1] > size or unit.shape[-2] > size:

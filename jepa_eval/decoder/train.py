@@ -22,6 +22,7 @@ from ..atomic import atomic_torch_save
 from ..config_io import from_dict, read_yaml
 from ..errors import UserError
 from ..masks import MaskConfig, MultiBlockMaskCollator
+from ..seeding import seeded
 from .cache import box_offset, build_cache, to_decoder
 from .diffusion import PREDICTIONS, ddim_sample, diffusion_loss, make_scheduler
 from .features import block_boxes, box_mask, inpaint_context, pool_tokens
@@ -185,7 +186,8 @@ def train_decoder(ck: Any, dataset: Any, out: str | Path, cfg: DecoderConfig, re
     region = cfg.condition == "region"
     if region and cfg.masks.min_keep > grid * grid:
         raise UserError(f"masks.min_keep={cfg.masks.min_keep} exceeds the encoder's {grid}x{grid} patch grid")
-    RCDMDecoder(spec)  # configuration errors (size vs levels) before the encoder pass
+    with seeded(tc.seed):   # configuration errors (size vs levels) before the encoder pass; its init draws
+        RCDMDecoder(spec)
     t_cache = time.time()
     cache = build_cache(ck, dataset, out / "reps.npz", device, with_tokens=region, size=spec.size, log=log)
     t_cache = time.time() - t_cache
@@ -195,8 +197,9 @@ def train_decoder(ck: Any, dataset: Any, out: str | Path, cfg: DecoderConfig, re
     region_inputs = RegionSampler(cfg.masks, enc_size, patch, spec.size, tc.seed) if region else None
     # pixels were stored at min(encoder, decoder) size; boxes map from encoder pixels either way
 
-    torch.manual_seed(tc.seed)  # decoder init
-    model = RCDMDecoder(spec).to(device)
+    with seeded(tc.seed):  # the decoder's init draws from the global RNG; the caller's stream is left alone
+        model = RCDMDecoder(spec)
+    model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     warm = max(tc.warmup_steps, 1)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))

@@ -18,6 +18,7 @@ from timm.layers import AttentionPoolLatent
 from torch import nn
 
 from ..errors import UserError
+from ..seeding import seeded
 from .stream import chunk_rows, epoch_batches, holdout_split, iter_blocks, load_state, save_state
 
 
@@ -102,9 +103,9 @@ def attentive_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray
     train_y = np.asarray(train_y, dtype=np.int64)
     n_classes = n_classes or int(train_y.max()) + 1
     fit_rows, held_rows = holdout_split(train_y, holdout_fraction, cfg.seed)
-    torch.manual_seed(cfg.seed)
-    models = [AttentiveProbe(train_x.shape[-1], n_classes, cfg.num_heads, cfg.mlp_ratio).to(device)
-              for _ in cfg.lrs]
+    with seeded(cfg.seed):   # timm's init draws from the global RNG; the caller's stream is left alone
+        models = [AttentiveProbe(train_x.shape[-1], n_classes, cfg.num_heads, cfg.mlp_ratio) for _ in cfg.lrs]
+    models = [m.to(device) for m in models]
     opts = [torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=cfg.weight_decay) for m, lr in zip(models, cfg.lrs)]
     config = {**asdict(cfg), "shape": list(train_x.shape[1:]), "n_classes": n_classes, "n_fit": len(fit_rows)}
     state_path = Path(workdir) / "attentive.pt" if workdir else None

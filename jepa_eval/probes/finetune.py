@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..seeding import seeded
 from .stream import holdout_split, load_state, save_state
 
 HEADS = ("mae", "lastPOOL")
@@ -170,10 +171,9 @@ def train_transform(size: int, cfg: FinetuneConfig) -> Callable:
 def _seeded(seed: int) -> Iterator[None]:
     """Seed python, numpy and torch (timm's augmentations use all three); restore them afterwards."""
     py, npy = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
+    with seeded(seed):
         random.seed(seed)
         np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
         try:
             yield
         finally:
@@ -206,11 +206,14 @@ class _Items(torch.utils.data.Dataset):
         return x, int(self.ds.targets[row])
 
 
-def _loader(ds: Any, items: list, transform: Callable, batch: int, device: torch.device):
+def _loader(ds: Any, items: list, transform: Callable, batch: int, device: torch.device, seed: int = 0):
+    """Items in order. Starting its iteration draws the workers' base seed; from a local generator it leaves
+    the caller's RNG alone (the images do not depend on it: every item seeds its own augmentation)."""
     cuda = device.type == "cuda"
     workers = min(8, os.cpu_count() or 1) if cuda else 0
     return torch.utils.data.DataLoader(_Items(ds, items, transform), batch_size=batch, shuffle=False,
-                                       num_workers=workers, pin_memory=cuda)
+                                       num_workers=workers, pin_memory=cuda,
+                                       generator=torch.Generator().manual_seed(seed))
 
 
 @torch.no_grad()
@@ -262,7 +265,7 @@ def train(net: FinetuneNet, ds: Any, rows: np.ndarray, cfg: FinetuneConfig, blr:
             order = np.random.default_rng([cfg.seed, run, epoch]).permutation(len(rows))[:spe * batch]
             first = (start - epoch * spe) * batch if epoch == start // spe else 0
             items = [(int(rows[order[k]]), (cfg.seed, run, epoch, k)) for k in range(first, len(order))]
-            yield from _loader(ds, items, tf, batch, device)
+            yield from _loader(ds, items, tf, batch, device, _mix(cfg.seed, run, epoch, 3))
 
     feed = batches()
     steps: Iterable[int] = range(start, total)
@@ -272,17 +275,17 @@ def train(net: FinetuneNet, ds: Any, rows: np.ndarray, cfg: FinetuneConfig, blr:
         net.train()
         images, labels = next(feed)
         sched.step_update(step)
-        torch.manual_seed(_mix(cfg.seed, run, step, 1))   # drop-path draws of this step
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
-        for i in range(0, len(labels), micro):
-            x = images[i:i + micro].to(device, non_blocking=cuda)
-            y = labels[i:i + micro].to(device, non_blocking=cuda)
-            with torch.autocast(device.type, torch.bfloat16, enabled=cuda):
-                logits = net(x)
-            loss = crit(logits.float(), y) * (len(y) / len(labels))
-            loss.backward()
-            loss_sum += float(loss.detach())
+        with seeded(_mix(cfg.seed, run, step, 1)):   # timm's drop-path draws of this step
+            for i in range(0, len(labels), micro):
+                x = images[i:i + micro].to(device, non_blocking=cuda)
+                y = labels[i:i + micro].to(device, non_blocking=cuda)
+                with torch.autocast(device.type, torch.bfloat16, enabled=cuda):
+                    logits = net(x)
+                loss = crit(logits.float(), y) * (len(y) / len(labels))
+                loss.backward()
+                loss_sum += float(loss.detach())
         if not math.isfinite(loss_sum):
             raise UserError(f"fine-tuning diverged at step {step} (loss {loss_sum}); lower the learning rate")
         opt.step()
@@ -325,8 +328,7 @@ def finetune(encoder: nn.Module, train_ds: Any, rows: np.ndarray, test_ds: Any, 
     workdir = Path(workdir) if workdir else None
 
     def fresh(run: int) -> FinetuneNet:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_mix(cfg.seed, run, 0, 2))
+        with seeded(_mix(cfg.seed, run, 0, 2)):   # the head's init
             return FinetuneNet(encoder, n_classes, cfg.head, cfg.drop_path)
 
     grid, selected_on, blr = [], None, cfg.blrs[0]

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..probes.linear import Batches, LinearConfig, cached_batches, linear_probe
+from ..seeding import seeded_iter
 from ..task import Task, TaskContext, TaskResult, probe_config, register_task
 
 RECIPES = ("cached", "paper", "views")
@@ -32,8 +33,7 @@ def augmented_batches(ctx: TaskContext, pooling: str, batch_size: int, seed: int
     cuda = ctx.device.type == "cuda"
 
     def make(fit_rows: np.ndarray) -> Batches:
-        def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            torch.manual_seed(seed * 100003 + epoch)   # crops and order are reproducible per epoch
+        def epoch_pass() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             loader = torch.utils.data.DataLoader(
                 torch.utils.data.Subset(ds, fit_rows.tolist()), batch_size=batch_size, shuffle=True,
                 drop_last=len(fit_rows) > batch_size, num_workers=4 if cuda else 0, pin_memory=cuda)
@@ -41,6 +41,11 @@ def augmented_batches(ctx: TaskContext, pooling: str, batch_size: int, seed: int
                 with torch.no_grad(), torch.autocast(ctx.device.type, torch.bfloat16, enabled=cuda):
                     z = pool(encoder, images.to(ctx.device, non_blocking=cuda), pooling)
                 yield z.float(), labels.to(ctx.device)
+
+        def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            # crops and order are reproducible per epoch: torchvision's transforms and the loader's shuffle
+            # draw from the global RNG, so the whole pass runs on a private stream seeded per epoch
+            return seeded_iter(seed * 100003 + epoch, epoch_pass())
         return batches
     return make
 
