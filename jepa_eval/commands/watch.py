@@ -139,9 +139,10 @@ def run(args: argparse.Namespace) -> int:
     reported = None
     while True:
         scan(args, seen, launcher, options)
-        if records_state(Path(args.out)) != reported:
+        current = records_state(Path(args.out))
+        if current != reported:
             refresh_report(args)
-            reported = records_state(Path(args.out))
+            reported = current
         if args.once:
             return 0
         log(f"waiting for new checkpoints in {run_dir} (every {args.interval:g} s; Ctrl-C stops, a restart resumes)")
