@@ -64,11 +64,17 @@ def cli_subprocess(argv: list, timeout: float = 300, **kw) -> subprocess.Complet
                           env=cli_env(), **kw)
 
 
-def cli_popen(argv: list, log: Path, **kw) -> subprocess.Popen:
-    """Start ``jepa-eval ARGV`` in the background; its stdout and stderr go to ``log``."""
+def cli_popen(argv: list, log: Path, pause_after: str | None = None, seconds: float = 2.0) -> subprocess.Popen:
+    """Start ``jepa-eval ARGV`` in the background; its stdout and stderr go to ``log``. With ``pause_after``
+    ('module:function', looked up in that module's namespace at call time) the child sleeps ``seconds``
+    after each call of it: on a fast machine a tiny run can write its next state between two polls of the
+    test, and the pause leaves the test time to put its FIFO in place first."""
+    command = cli_command(argv)
+    if pause_after:
+        module, name = pause_after.split(":")
+        command = [sys.executable, "-c", _PAUSE_AFTER, module, name, str(seconds), *command[3:]]
     with open(log, "w") as f:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(cli_command(argv), stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=cli_env(),
-                                **kw)
+        return subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=cli_env())
 
 
 _PAUSE_AFTER = """
@@ -80,17 +86,6 @@ setattr(mod, name, lambda *a, **kw: (real(*a, **kw), time.sleep(seconds))[0])
 from jepa_eval.cli import main
 sys.exit(main(sys.argv[4:]))
 """
-
-
-def cli_popen_pausing(argv: list, log: Path, after: str, seconds: float = 2.0) -> subprocess.Popen:
-    """``cli_popen``, but the child sleeps ``seconds`` after each call of ``after`` ('module:function', looked
-    up in that module's namespace at call time). On a fast machine a tiny run can write its next state
-    between two polls of the test; the pause leaves the test time to put its FIFO in place first."""
-    module, name = after.split(":")
-    with open(log, "w") as f:
-        return subprocess.Popen([sys.executable, "-c", _PAUSE_AFTER, module, name, str(seconds),
-                                 *[str(a) for a in argv]], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env=cli_env())
 
 
 def wait_for(condition: Callable[[], object], proc: subprocess.Popen | None = None, timeout: float = 240,

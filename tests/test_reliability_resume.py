@@ -17,7 +17,7 @@ import torch
 from sklearn.datasets import load_digits
 
 import jepa_eval.features as features_mod
-from _reliability import (SPEC, block_writes_to, cli_inprocess, cli_popen, cli_popen_pausing, kill9, knn_entry, record_metrics,
+from _reliability import (SPEC, block_writes_to, cli_inprocess, cli_popen, kill9, knn_entry, record_metrics,
                           records, wait_for, write_battery)
 from report_fixtures import make_record
 
@@ -60,7 +60,7 @@ def test_kill_during_feature_extraction_resumes_from_the_last_chunk(tmp_path, ca
     battery = write_battery(tmp_path / "b.yaml", knn_entry("fashion-mnist", root=data, train=N_TRAIN, test=N_TEST))
     out, cache = tmp_path / "out", tmp_path / "cache"
     args = ["run", "--checkpoint", SPEC, "--battery", battery, "--out", out, "--cache", cache, "--no-progress"]
-    proc = cli_popen_pausing(args, tmp_path / "killed.log", after="jepa_eval.features:atomic_write_text")
+    proc = cli_popen(args, tmp_path / "killed.log", pause_after="jepa_eval.features:atomic_write_text")
     try:
         progress = wait_for(lambda: next(cache.glob("*.partial/progress.json"), None), proc,
                             what="the first chunk to be durable")
@@ -119,8 +119,8 @@ def test_kill_during_pretraining_resumes_bit_exact(tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
     config.write_text(PRETRAIN_CONFIG)
     run, latest = tmp_path / "run", tmp_path / "run" / "jepa-latest.pth.tar"
-    proc = cli_popen_pausing(["pretrain", "--config", config, "--out", run], tmp_path / "killed.log",
-                             after="pretrain.checkpointing:save_checkpoint")
+    proc = cli_popen(["pretrain", "--config", config, "--out", run], tmp_path / "killed.log",
+                     pause_after="pretrain.checkpointing:save_checkpoint")
     try:
         wait_for(latest.exists, proc, what="the first checkpoint")
         wait_for(lambda: block_writes_to(latest.with_name(f".{latest.name}.{proc.pid}.tmp")), proc, what="the FIFO")
@@ -211,7 +211,7 @@ def test_kill_during_probe_training_resumes_from_the_last_epoch(tmp_path, capsys
     out, cache = tmp_path / "out", tmp_path / "cache"
     args = ["run", "--checkpoint", SPEC, "--battery", battery, "--out", out, "--cache", cache, "--no-progress"]
     # an epoch on 300 rows takes milliseconds: without the pause a fast machine saves all six before the FIFO
-    proc = cli_popen_pausing(args, tmp_path / "killed.log", after="jepa_eval.probes.linear:save_state")
+    proc = cli_popen(args, tmp_path / "killed.log", pause_after="jepa_eval.probes.linear:save_state")
     try:
         state = wait_for(lambda: next(out.glob("records/*/*.work/linear-lastPOOL.pt"), None), proc,
                          what="the first probe epoch")
